@@ -1,0 +1,176 @@
+"""Dropping attention layers for one call, without changing the shared model for anyone else.
+
+`install` wraps each decoder layer's ``forward`` once with a dispatcher. The dispatcher reads the
+mask of the *current context* (a `contextvars.ContextVar`, so each thread and each asyncio task has
+its own): for a kept layer it calls the original forward unchanged; for a dropped layer it runs only
+the MLP branch given by the architecture table, so the attention (and its norms) is never computed.
+With no mask active the model behaves exactly as the unpruned model.
+
+A dropped layer writes nothing to the KV cache. transformers reads the cache length and the mask
+sizes from one layer (the first), which is empty when that layer is dropped, and then silently
+builds a wrong causal mask. `MaskAwareCache` answers those questions from the first *kept* layer of
+the same kind (full or sliding window).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from types import MethodType
+
+from torch import nn
+from transformers import DynamicCache
+
+from .architectures import ArchSpec, spec_for_model
+from .errors import UserError
+
+# model id -> frozenset of dropped layer indices, for the current context only
+_ACTIVE: contextvars.ContextVar[dict[int, frozenset[int]]] = contextvars.ContextVar(
+    "dropped_attention", default={}
+)
+_INSTALLED = "_attn_drop_installed"
+
+
+def num_layers(model: nn.Module) -> int:
+    return len(spec_for_model(model).layer_list(model))
+
+
+def validate_mask(layers: Iterable[int], n_layers: int) -> tuple[int, ...]:
+    """Check a list of attention-layer indices and return it sorted.
+
+    Raises `UserError` for a non-integer, negative, out-of-range or duplicated index.
+    """
+    out: list[int] = []
+    for raw in layers:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            try:
+                idx = int(str(raw).strip())
+            except ValueError:
+                raise UserError(
+                    f"attention layer '{raw}' is not an integer; use indices 0..{n_layers - 1}"
+                ) from None
+        else:
+            idx = raw
+        if idx < 0:
+            raise UserError(f"attention layer {idx} is negative; use indices 0..{n_layers - 1}")
+        if idx >= n_layers:
+            raise UserError(
+                f"attention layer {idx} is out of range: this model has {n_layers} layers (0..{n_layers - 1})"
+            )
+        if idx in out:
+            raise UserError(f"attention layer {idx} is listed twice")
+        out.append(idx)
+    return tuple(sorted(out))
+
+
+def parse_layer_list(text: str | None) -> list[str]:
+    """Split a comma-separated CLI value like ``"25,26,29"``; empty means no layer."""
+    if text is None or not text.strip():
+        return []
+    return [part for part in (p.strip() for p in text.split(",")) if part != ""]
+
+
+def install(model: nn.Module) -> ArchSpec:
+    """Wrap every decoder layer of ``model`` with the mask dispatcher (idempotent)."""
+    spec = spec_for_model(model)
+    if getattr(model, _INSTALLED, False):
+        return spec
+    key = id(model)
+    for idx, layer in enumerate(spec.layer_list(model)):
+        original = layer.forward
+
+        def forward(self: nn.Module, *args: object, _idx: int = idx, _orig=original, **kwargs: object):
+            dropped = _ACTIVE.get().get(key)
+            if dropped is None or _idx not in dropped:
+                return _orig(*args, **kwargs)
+            hidden = args[0] if args else kwargs["hidden_states"]
+            return spec.mlp_only(self, hidden)  # type: ignore[arg-type]
+
+        layer.forward = MethodType(forward, layer)
+    setattr(model, _INSTALLED, True)
+    return spec
+
+
+def active_mask(model: nn.Module) -> frozenset[int]:
+    """The attention layers dropped for ``model`` in the current context."""
+    return _ACTIVE.get().get(id(model), frozenset())
+
+
+@contextmanager
+def dropped_attention(model: nn.Module, layers: Iterable[int]) -> Iterator[tuple[int, ...]]:
+    """Drop the attention of ``layers`` for calls made inside the block, in this context only.
+
+    The mask is undone on exit, also when the block raises. Other threads using the same model at
+    the same time see their own mask (or none).
+    """
+    install(model)
+    mask = validate_mask(layers, num_layers(model))
+    current = dict(_ACTIVE.get())
+    current[id(model)] = frozenset(mask)
+    token = _ACTIVE.set(current)
+    try:
+        yield mask
+    finally:
+        _ACTIVE.reset(token)
+
+
+class MaskAwareCache(DynamicCache):
+    """A `DynamicCache` that answers length questions from the first kept layer of the same kind."""
+
+    def __init__(self, model: nn.Module, kept: Sequence[int]) -> None:
+        # With the config, one typed layer (full or sliding window) is built per decoder layer.
+        super().__init__(config=model.config)
+        self._kept = sorted(kept)
+        self._sliding = list(self.is_sliding)
+
+    def _remap(self, layer_idx: int) -> int:
+        if not self._kept or layer_idx in self._kept:
+            return layer_idx
+        kind = self._sliding[layer_idx]
+        same = [i for i in self._kept if self._sliding[i] == kind]
+        return same[0] if same else self._kept[0]
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return super().get_seq_length(self._remap(layer_idx))
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:  # type: ignore[override]
+        return super().get_mask_sizes(query_length, self._remap(layer_idx))
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        return super().get_query_offset(self._remap(layer_idx))
+
+
+def new_cache(model: nn.Module) -> MaskAwareCache:
+    """An empty cache for ``model`` under the mask active in this context."""
+    dropped = active_mask(model)
+    kept = [i for i in range(num_layers(model)) if i not in dropped]
+    return MaskAwareCache(model, kept)
+
+
+def expand_cache(model: nn.Module, prefix: MaskAwareCache, batch: int) -> MaskAwareCache:
+    """A fresh cache holding ``prefix``'s keys and values repeated over ``batch`` rows.
+
+    The prefix tensors are shared (``expand``), never written: each batch appends to new tensors.
+    """
+    cache = new_cache(model)
+    for dst, src in zip(cache.layers, prefix.layers):
+        if getattr(src, "is_initialized", False) and src.keys is not None and src.keys.numel() > 0:
+            keys = src.keys.expand(batch, *src.keys.shape[1:])
+            values = src.values.expand(batch, *src.values.shape[1:])
+            dst.update(keys, values)
+    return cache
+
+
+def attention_param_count(model: nn.Module, layers: Iterable[int]) -> int:
+    """Parameters in the attention branches (attention module and its own norms) of ``layers``."""
+    spec = spec_for_model(model)
+    layer_list = spec.layer_list(model)
+    total = 0
+    for idx in layers:
+        layer = layer_list[idx]
+        mods = [spec.attention_module(layer)]
+        if spec.attn_post_norm:
+            mods.append(getattr(layer, spec.attn_post_norm))
+        total += sum(p.numel() for m in mods for p in m.parameters())
+    return total
