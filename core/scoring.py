@@ -1,0 +1,135 @@
+"""Batched scoring: the candidate answers' logits at the answer position, for many examples at once.
+
+* The prompt prefix runs once per (model, mask) and its KV cache is shared by every batch.
+* Inputs are sorted by length and right-padded within a batch, so little compute goes to padding.
+* Only the last real position of each row goes through the output layer, and only the rows of the
+  candidate tokens: softmax over those logits equals the full softmax renormalised over them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .models import LoadedModel
+from .prompts import PromptBuilder, candidate_mask
+from .pruning import active_mask, dropped_attention, expand_cache, new_cache
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Scores:
+    logits: np.ndarray
+    """[n, n_answers] candidate logits; -inf where an example does not offer that answer."""
+    truncated: int
+    seconds: float
+
+
+def _head(lm: LoadedModel, candidate_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
+    out = lm.model.get_output_embeddings()
+    idx = torch.tensor(list(candidate_ids), device=out.weight.device)
+    weight = out.weight.index_select(0, idx)
+    bias = out.bias.index_select(0, idx) if getattr(out, "bias", None) is not None else None
+    softcap = getattr(lm.model.config, "final_logit_softcapping", None)
+    return weight, bias, softcap
+
+
+def candidate_logits(
+    lm: LoadedModel,
+    builder: PromptBuilder,
+    inputs: Sequence[list[int]],
+    batch_size: int = 16,
+    use_prefix_cache: bool = True,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Candidate logits for token-id inputs (text + suffix ids, without the prefix), under the active mask."""
+    model, base = lm.model, lm.model.base_model
+    device = next(model.parameters()).device
+    weight, bias, softcap = _head(lm, builder.candidate_ids)
+    prefix = torch.tensor([builder.prefix_ids], device=device)
+    n_prefix = prefix.shape[1]
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    result = np.zeros((len(inputs), len(builder.candidate_ids)), dtype=np.float64)
+    all_dropped = len(active_mask(model)) == lm.num_layers
+    cache_ok = use_prefix_cache and lm.spec.prefix_cache and not all_dropped and n_prefix > 0
+    with torch.inference_mode():
+        prefix_cache = None
+        if cache_ok:
+            prefix_cache = new_cache(model)
+            base(input_ids=prefix, past_key_values=prefix_cache, use_cache=True)
+        done = 0
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            lengths = [len(inputs[i]) for i in rows]
+            width = max(lengths)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+            mask = torch.zeros((len(rows), n_prefix + width), dtype=torch.long, device=device)
+            mask[:, :n_prefix] = 1
+            for r, i in enumerate(rows):
+                ids[r, : lengths[r]] = torch.tensor(inputs[i], device=device)
+                mask[r, n_prefix : n_prefix + lengths[r]] = 1
+            if prefix_cache is not None:
+                positions = torch.arange(n_prefix, n_prefix + width, device=device).expand(len(rows), -1)
+                hidden = base(
+                    input_ids=ids, attention_mask=mask, position_ids=positions,
+                    past_key_values=expand_cache(model, prefix_cache, len(rows)), use_cache=True,
+                ).last_hidden_state
+                last = torch.tensor(lengths, device=device) - 1
+            else:
+                full = torch.cat([prefix.expand(len(rows), -1), ids], dim=1)
+                positions = torch.arange(n_prefix + width, device=device).expand(len(rows), -1)
+                hidden = base(input_ids=full, attention_mask=mask, position_ids=positions,
+                              use_cache=False).last_hidden_state
+                last = torch.tensor(lengths, device=device) - 1 + n_prefix
+            h = hidden[torch.arange(len(rows), device=device), last]
+            logits = h.to(weight.dtype) @ weight.T
+            if bias is not None:
+                logits = logits + bias
+            if softcap:
+                logits = torch.tanh(logits / softcap) * softcap
+            result[rows] = logits.float().cpu().numpy()
+            done += len(rows)
+            if progress is not None:
+                progress(done, len(inputs))
+    return result
+
+
+def score_examples(
+    lm: LoadedModel,
+    builder: PromptBuilder,
+    examples: Sequence,
+    drop: Sequence[int] = (),
+    batch_size: int = 16,
+    use_prefix_cache: bool = True,
+    progress: Progress | None = None,
+) -> Scores:
+    """Score ``examples`` with the attention of ``drop`` skipped; -inf marks answers an example lacks."""
+    start = time.perf_counter()
+    encoded = [builder.encode(ex.text) for ex in examples]
+    with dropped_attention(lm.model, drop):
+        logits = candidate_logits(lm, builder, [e.ids for e in encoded], batch_size, use_prefix_cache, progress)
+    offered = np.array(candidate_mask([ex.n_options for ex in examples], logits.shape[1]), dtype=bool)
+    logits = np.where(offered, logits, -np.inf)
+    return Scores(logits=logits, truncated=sum(e.truncated for e in encoded),
+                  seconds=time.perf_counter() - start)
+
+
+def full_logits_loop(lm: LoadedModel, builder: PromptBuilder, examples: Sequence) -> np.ndarray:
+    """The plain baseline: one example per forward, whole prompt, full-vocabulary logits.
+
+    Used by the benchmark and by tests as an independent reference for `candidate_logits`.
+    """
+    out = []
+    device = next(lm.model.parameters()).device
+    with torch.inference_mode():
+        for ex in examples:
+            ids = torch.tensor([builder.prefix_ids + builder.encode(ex.text).ids], device=device)
+            logits = lm.model(input_ids=ids).logits[0, -1]
+            out.append(logits[builder.candidate_ids].float().cpu().numpy())
+    return np.array(out, dtype=np.float64)

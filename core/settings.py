@@ -1,0 +1,25 @@
+"""Where the project keeps files it makes (converted models, the result cache)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+HOME_ENV = "PRUNE_EXPLORER_HOME"
+CACHE_BYTES_ENV = "PRUNE_EXPLORER_CACHE_BYTES"
+DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
+
+
+def home() -> Path:
+    """Root folder for converted models and cached results (``$PRUNE_EXPLORER_HOME``)."""
+    root = os.environ.get(HOME_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "prune-explorer"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_max_bytes() -> int:
+    raw = os.environ.get(CACHE_BYTES_ENV)
+    return int(raw) if raw else DEFAULT_CACHE_BYTES
