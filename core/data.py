@@ -145,7 +145,7 @@ def _hutto(name: str, filename: str, kind: str) -> Dataset:
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             parts = line.rstrip("\r\n").split("\t")
-            if len(parts) < 3 or not parts[0].strip().isdigit():
+            if len(parts) < 3 or parts[0] == "id":
                 continue
             rating, text = float(parts[1]), " ".join("\t".join(parts[2:]).split())
             if abs(rating) < 0.5 or not text:
@@ -204,16 +204,13 @@ class HubSpec:
 
 def _mc(question_key: str) -> Callable[[dict], tuple[str, int, int]]:
     def mapper(row: dict) -> tuple[str, int, int]:
-        q = row[question_key] if "." not in question_key else row[question_key.split(".")[0]]
+        q = row[question_key]
         choices = row["choices"]
-        texts, labels = list(choices["text"]), [str(x) for x in choices["label"]]
-        key = str(row["answerKey"]).strip()
-        # some ARC rows use 1-4 instead of A-D
-        if key not in labels and key.isdigit():
-            key = LETTERS[int(key) - 1]
-        labels = [LETTERS[int(x) - 1] if x.isdigit() else x for x in labels]
+        texts, labels = list(choices["text"]), [str(x).strip() for x in choices["label"]]
+        # some ARC rows label their options 1-4 instead of A-D; the key then matches those labels
+        index = labels.index(str(row["answerKey"]).strip())
         options = "\n".join(f"{LETTERS[i]}. {t}" for i, t in enumerate(texts))
-        return f"{q}\n{options}", labels.index(key), len(texts)
+        return f"{q}\n{options}", index, len(texts)
 
     return mapper
 

@@ -26,8 +26,8 @@ from .architectures import ArchSpec, spec_for_model
 from .errors import UserError
 
 # model id -> frozenset of dropped layer indices, for the current context only
-_ACTIVE: contextvars.ContextVar[dict[int, frozenset[int]]] = contextvars.ContextVar(
-    "dropped_attention", default={}
+_ACTIVE: contextvars.ContextVar[dict[int, frozenset[int]] | None] = contextvars.ContextVar(
+    "dropped_attention", default=None
 )
 _INSTALLED = "_attn_drop_installed"
 
@@ -81,7 +81,7 @@ def install(model: nn.Module) -> ArchSpec:
         original = layer.forward
 
         def forward(self: nn.Module, *args: object, _idx: int = idx, _orig=original, **kwargs: object):
-            dropped = _ACTIVE.get().get(key)
+            dropped = (_ACTIVE.get() or {}).get(key)
             if dropped is None or _idx not in dropped:
                 return _orig(*args, **kwargs)
             hidden = args[0] if args else kwargs["hidden_states"]
@@ -94,7 +94,7 @@ def install(model: nn.Module) -> ArchSpec:
 
 def active_mask(model: nn.Module) -> frozenset[int]:
     """The attention layers dropped for ``model`` in the current context."""
-    return _ACTIVE.get().get(id(model), frozenset())
+    return (_ACTIVE.get() or {}).get(id(model), frozenset())
 
 
 @contextmanager
@@ -106,7 +106,7 @@ def dropped_attention(model: nn.Module, layers: Iterable[int]) -> Iterator[tuple
     """
     install(model)
     mask = validate_mask(layers, num_layers(model))
-    current = dict(_ACTIVE.get())
+    current = dict(_ACTIVE.get() or {})
     current[id(model)] = frozenset(mask)
     token = _ACTIVE.set(current)
     try:
@@ -154,7 +154,7 @@ def expand_cache(model: nn.Module, prefix: MaskAwareCache, batch: int) -> MaskAw
     The prefix tensors are shared (``expand``), never written: each batch appends to new tensors.
     """
     cache = new_cache(model)
-    for dst, src in zip(cache.layers, prefix.layers):
+    for dst, src in zip(cache.layers, prefix.layers, strict=True):
         if getattr(src, "is_initialized", False) and src.keys is not None and src.keys.numel() > 0:
             keys = src.keys.expand(batch, *src.keys.shape[1:])
             values = src.values.expand(batch, *src.values.shape[1:])

@@ -1,0 +1,125 @@
+"""The result cache, shared by the CLI and the app: content-keyed JSON files on disk.
+
+* Keys are built here and only here (`cache_key`): a hash of the canonical JSON of everything that
+  defines a result, plus the cache format version.
+* Values are plain JSON (no pickle), written to a temporary file and moved into place with
+  ``os.replace``, so a reader never sees half a file and two processes writing the same key at once
+  both leave a complete file.
+* The folder is bounded: after a write, least recently used entries go until it fits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .settings import cache_max_bytes, home
+
+CACHE_VERSION = "1"
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def cache_key(kind: str, **parts: Any) -> str:
+    """The one place a cache key is made: ``kind`` plus every part that defines the result."""
+    payload = json.dumps({"kind": kind, "version": CACHE_VERSION, **parts}, sort_keys=True,
+                         default=_json_default, ensure_ascii=True)
+    return f"{kind}-{hashlib.sha256(payload.encode()).hexdigest()[:32]}"
+
+
+def _encode_floats(obj: Any) -> Any:
+    """JSON has no infinities: store them as strings and restore them on read."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": repr(obj)}
+    if isinstance(obj, dict):
+        return {k: _encode_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode_floats(v) for v in obj]
+    return obj
+
+
+def _decode_floats(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__float__"}:
+            return float(obj["__float__"])
+        return {k: _decode_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode_floats(v) for v in obj]
+    return obj
+
+
+class ResultCache:
+    def __init__(self, root: str | Path | None = None, max_bytes: int | None = None) -> None:
+        self.root = Path(root) if root is not None else home() / "results"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = cache_max_bytes() if max_bytes is None else max_bytes
+
+    def _path(self, key: str) -> Path:
+        return self.root / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        path = self._path(key)
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # marks it recently used
+        return _decode_floats(value)
+
+    def put(self, key: str, value: dict) -> None:
+        data = json.dumps(_encode_floats(value), default=_json_default, allow_nan=False)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(data)
+            os.replace(tmp, self._path(key))
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._evict()
+
+    def _entries(self) -> list[tuple[float, int, Path]]:
+        out = []
+        for p in self.root.glob("*.json"):
+            if p.name.startswith(".tmp-"):
+                continue
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            out.append((st.st_mtime, st.st_size, p))
+        return out
+
+    def _evict(self) -> None:
+        entries = sorted(self._entries())
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in entries:
+            if total <= self.max_bytes:
+                break
+            path.unlink(missing_ok=True)
+            total -= size
+
+    def info(self) -> dict[str, Any]:
+        entries = self._entries()
+        return {"path": str(self.root), "entries": len(entries),
+                "bytes": sum(s for _, s, _ in entries), "max_bytes": self.max_bytes}
+
+    def clear(self) -> int:
+        entries = self._entries()
+        for _, _, path in entries:
+            path.unlink(missing_ok=True)
+        return len(entries)

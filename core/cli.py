@@ -1,0 +1,244 @@
+"""Command line: ``python -m core {models,datasets,evaluate,scores,cache}``.
+
+Problems the user can fix print one ``error:`` line (no traceback) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from .errors import UserError
+
+
+def _print_table(rows: list[dict], columns: Sequence[str]) -> None:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def _write_json(obj: dict, target: str) -> None:
+    text = json.dumps(obj, indent=2, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    if target == "-":
+        print(text)
+    else:
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
+class _Bar:
+    """A tqdm progress bar on stderr, fed by the core's (done, total) callbacks."""
+
+    def __init__(self, desc: str) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self.desc = desc
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = self._tqdm(total=total, desc=self.desc, unit="ex", file=sys.stderr, leave=False)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .models import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help="preset name, hub id or local folder")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--trust-remote-code", action="store_true", help="run model code from the hub (off by default)")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    from .data import DEFAULT_DATASET
+
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help="preset name or a .csv / .jsonl path")
+    p.add_argument("--text-column", default="text", help="own files: the column holding the text")
+    p.add_argument("--label-column", default="label", help="own files: the column holding the label")
+    p.add_argument("--label-names", default=None, help="own files: comma-separated label names, in index order")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the model presets")
+    p.add_argument("--json", metavar="PATH|-")
+
+    p = sub.add_parser("datasets", help="list the dataset presets")
+    p.add_argument("--json", metavar="PATH|-")
+
+    p = sub.add_parser("evaluate", help="accuracy and calibration of a model, optionally with attention dropped")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--n", type=int, default=200, help="examples of the split to evaluate (default 200)")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--drop-attn", default="", help="attention layers to drop, e.g. 25,26,29")
+    p.add_argument("--drop-k", type=int, default=None, help="drop the k most redundant attention layers")
+    p.add_argument("--prompt", default="few-shot", choices=["zero-shot", "few-shot", "chat"])
+    p.add_argument("--shots", type=int, default=None, help="demonstrations (default: one per label)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--balanced", action="store_true", help="sample the same number of examples per label")
+    p.add_argument("--bins", type=int, default=15, help="equal-width bins for ECE (default 15)")
+    p.add_argument("--val-n", type=int, default=100, help="validation examples for temperature scaling (0: off)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-input-tokens", type=int, default=256)
+    p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the result cache")
+    p.add_argument("--json", metavar="PATH|-", help="write the result as JSON ('-' for stdout)")
+    p.add_argument("--predictions", metavar="PATH.csv", help="write one row per example")
+
+    p = sub.add_parser("scores", help="attention-layer importance scores (He et al. 2024)")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--calibration-n", type=int, default=256, help="train sentences to measure on")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--json", metavar="PATH|-")
+
+    p = sub.add_parser("cache", help="show or clear the result cache")
+    p.add_argument("action", choices=["info", "clear"])
+    return parser
+
+
+def _dataset(args: argparse.Namespace):
+    from .data import load_dataset
+
+    names = [x.strip() for x in args.label_names.split(",")] if args.label_names else None
+    return load_dataset(args.dataset, text_column=args.text_column, label_column=args.label_column,
+                        label_names=names)
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    from .models import list_presets
+
+    rows = list_presets()
+    if args.json:
+        _write_json({"models": rows}, args.json)
+        return
+    for r in rows:
+        r["offline"] = "yes" if r["offline"] else ("no: " + r["install"] if r["install"] else "no (hub)")
+        r["name"] = str(r["name"]) + (" (default)" if r["default"] else "")
+    _print_table(rows, ["name", "family", "size", "kind", "licence", "offline", "source"])
+
+
+def _cmd_datasets(args: argparse.Namespace) -> None:
+    from .data import list_presets
+
+    rows = list_presets()
+    if args.json:
+        _write_json({"datasets": rows}, args.json)
+        return
+    for r in rows:
+        r["size"] = r["size"] if r["size"] is not None else "hub"
+        r["name"] = str(r["name"]) + (" (default)" if r["default"] else "")
+    _print_table(rows, ["name", "task", "labels", "size", "licence", "source"])
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .cache import ResultCache
+    from .evaluation import EvalConfig, evaluate
+    from .importance import attention_scores, calibration_texts
+    from .models import load_model
+    from .prompts import PromptConfig
+    from .pruning import parse_layer_list, validate_mask
+
+    lm = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    ds = _dataset(args)
+    cache = None if args.no_cache else ResultCache()
+    drop = list(validate_mask(parse_layer_list(args.drop_attn), lm.num_layers))
+    if args.drop_k is not None:
+        if drop:
+            raise UserError("give either --drop-attn or --drop-k, not both")
+        drop = attention_scores(lm, calibration_texts(ds), ResultCache()).most_redundant(args.drop_k)
+    config = EvalConfig(
+        n=args.n, split=args.split, drop=tuple(drop),
+        prompt=PromptConfig(style=args.prompt, shots=args.shots, seed=args.seed,
+                            max_input_tokens=args.max_input_tokens),
+        seed=args.seed, balanced=args.balanced, n_bins=args.bins, val_n=args.val_n,
+        batch_size=args.batch_size,
+    )
+    bar = _Bar("scoring")
+    try:
+        result = evaluate(lm, ds, config, cache, progress=bar)
+    finally:
+        bar.close()
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.predictions:
+        result.predictions().to_csv(args.predictions, index=False)
+    summary = result.summary()
+    if args.json:
+        _write_json(summary, args.json)
+    if args.json != "-":
+        m = result.metrics
+        print(f"{result.model} on {result.dataset} ({result.split}, n={result.n}), attention dropped: "
+              f"{result.dropped_attention_layers or 'none'}")
+        print(f"accuracy {m.accuracy:.3f}  ECE {m.ece:.3f}  adaptive ECE {m.adaptive_ece:.3f}  MCE {m.mce:.3f}  "
+              f"Brier {m.brier:.3f}  NLL {m.nll:.3f}")
+        if result.temperature is not None and result.metrics_temperature_scaled is not None:
+            print(f"temperature {result.temperature:.3f} (fitted on validation): "
+                  f"ECE {result.metrics_temperature_scaled.ece:.3f}")
+        print(f"{result.seconds:.2f} s{' (from cache)' if result.cached else ''}")
+
+
+def _cmd_scores(args: argparse.Namespace) -> None:
+    from .cache import ResultCache
+    from .importance import attention_scores, calibration_texts
+    from .models import load_model
+
+    lm = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    texts = calibration_texts(_dataset(args), args.calibration_n)
+    bar = _Bar("measuring")
+    try:
+        result = attention_scores(lm, texts, None if args.no_cache else ResultCache(), progress=bar)
+    finally:
+        bar.close()
+    out = {"model": lm.name, "scores": result.scores, "order": result.order,
+           "calibration_texts": result.n_texts, "tokens": result.n_tokens,
+           "seconds": result.seconds, "cached": result.cached}
+    if args.json:
+        _write_json(out, args.json)
+    if args.json != "-":
+        print("layer  score")
+        for i, s in enumerate(result.scores):
+            print(f"{i:5d}  {s:.5f}")
+        print("most redundant first:", ",".join(map(str, result.order)))
+
+
+def _cmd_cache(args: argparse.Namespace) -> None:
+    from .cache import ResultCache
+
+    cache = ResultCache()
+    if args.action == "clear":
+        print(f"removed {cache.clear()} cached results from {cache.root}")
+    else:
+        info = cache.info()
+        print(f"{info['entries']} results, {info['bytes'] / 1e6:.1f} MB of {info['max_bytes'] / 1e6:.0f} MB "
+              f"in {info['path']}")
+
+
+COMMANDS = {"models": _cmd_models, "datasets": _cmd_datasets, "evaluate": _cmd_evaluate,
+            "scores": _cmd_scores, "cache": _cmd_cache}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished results are in the cache", file=sys.stderr)
+        return 130
+    return 0

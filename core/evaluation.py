@@ -1,0 +1,194 @@
+"""One evaluation: a model, a dataset split, a prompt and an attention mask -> metrics and predictions.
+
+The expensive part, the candidate logits of each example, is what the cache stores (kind
+``scores``); metrics are recomputed from cached logits in milliseconds, so changing the number of
+bins never rescores anything. The temperature is fitted on the validation split's logits, scored
+under the same mask.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import calibration as cal
+from .cache import ResultCache, cache_key
+from .data import Dataset, Example
+from .models import LoadedModel
+from .prompts import PromptBuilder, PromptConfig
+from .pruning import validate_mask
+from .scoring import Progress, score_examples
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n: int | None = 200
+    split: str = "test"
+    drop: tuple[int, ...] = ()
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    seed: int = 0
+    balanced: bool = False
+    n_bins: int = cal.DEFAULT_BINS
+    val_n: int = 100
+    """Validation examples for temperature scaling; 0 turns it off."""
+    batch_size: int = 16
+
+
+@dataclass
+class EvalResult:
+    model: str
+    dataset: str
+    split: str
+    n: int
+    dropped_attention_layers: list[int]
+    all_attention_dropped: bool
+    label_names: list[str]
+    metrics: cal.CalibrationReport
+    reliability: list[dict]
+    temperature: float | None
+    metrics_temperature_scaled: cal.CalibrationReport | None
+    examples: list[Example]
+    logits: np.ndarray
+    seconds: float
+    cached: bool
+    warnings: list[str]
+    prompt: dict
+
+    @property
+    def probs(self) -> np.ndarray:
+        return cal.softmax(self.logits)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([ex.label for ex in self.examples], dtype=int)
+
+    def predictions(self) -> pd.DataFrame:
+        """One row per example: id, text, label, prediction, confidence, correct, p_<answer>..."""
+        probs = self.probs
+        pred = probs.argmax(axis=1)
+        df = pd.DataFrame({
+            "id": [ex.id for ex in self.examples],
+            "text": [ex.text for ex in self.examples],
+            "label": [self.label_names[ex.label] for ex in self.examples],
+            "prediction": [self.label_names[i] for i in pred],
+            "confidence": probs.max(axis=1),
+            "correct": pred == self.labels,
+        })
+        for k, name in enumerate(self.label_names):
+            df[f"p_{name}"] = probs[:, k]
+        return df
+
+    def summary(self) -> dict:
+        """The JSON the CLI writes: metrics at the top level, then the details."""
+        out = {
+            "model": self.model,
+            "dataset": self.dataset,
+            "split": self.split,
+            "n": self.n,
+            "dropped_attention_layers": self.dropped_attention_layers,
+            "all_attention_dropped": self.all_attention_dropped,
+            **{k: v for k, v in self.metrics.as_dict().items()},
+            "temperature": self.temperature,
+            "temperature_scaled": self.metrics_temperature_scaled.as_dict()
+            if self.metrics_temperature_scaled else None,
+            "reliability": self.reliability,
+            "seconds": self.seconds,
+            "cached": self.cached,
+            "warnings": self.warnings,
+            "prompt": self.prompt,
+        }
+        return out
+
+
+def score_cached(
+    lm: LoadedModel,
+    builder: PromptBuilder,
+    dataset: Dataset,
+    split: str,
+    examples: Sequence[Example],
+    drop: Sequence[int],
+    cache: ResultCache | None,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> tuple[np.ndarray, int, bool]:
+    """Candidate logits for ``examples`` under mask ``drop``: from the cache, or scored and stored."""
+    key = cache_key(
+        "scores", model=lm.id, data=dataset.fingerprint, split=split, ids=[ex.id for ex in examples],
+        prompt=builder.describe(), drop=sorted(drop),
+    )
+    if cache is not None and (hit := cache.get(key)) is not None:
+        return np.array(hit["logits"], dtype=np.float64).reshape(len(examples), -1), hit["truncated"], True
+    scores = score_examples(lm, builder, examples, drop, batch_size=batch_size, progress=progress)
+    if cache is not None:
+        cache.put(key, {"logits": scores.logits.tolist(), "truncated": scores.truncated,
+                        "seconds": scores.seconds})
+    return scores.logits, scores.truncated, False
+
+
+def evaluate(
+    lm: LoadedModel,
+    dataset: Dataset,
+    config: EvalConfig = EvalConfig(),
+    cache: ResultCache | None = None,
+    progress: Progress | None = None,
+) -> EvalResult:
+    start = time.perf_counter()
+    drop = validate_mask(config.drop, lm.num_layers)
+    builder = PromptBuilder(lm.tokenizer, dataset, config.prompt, lm.has_chat_template, lm.max_positions)
+    examples, warnings = dataset.sample(config.split, config.n, seed=config.seed, balanced=config.balanced)
+    if len(drop) == lm.num_layers:
+        warnings.append(f"every attention layer ({lm.num_layers}) is dropped: the model sees no context")
+
+    val_examples: list[Example] = []
+    if config.val_n > 0 and config.split != "validation" and dataset.splits.get("validation"):
+        val_examples, _ = dataset.sample("validation", config.val_n, seed=config.seed)
+    total = len(examples) + len(val_examples)
+
+    def test_progress(done: int, _n: int) -> None:
+        if progress:
+            progress(done, total)
+
+    def val_progress(done: int, _n: int) -> None:
+        if progress:
+            progress(len(examples) + done, total)
+
+    logits, truncated, hit = score_cached(lm, builder, dataset, config.split, examples, drop, cache,
+                                          config.batch_size, test_progress)
+    if truncated:
+        warnings.append(
+            f"{truncated} input(s) longer than {builder.max_text_tokens} tokens were truncated to fit"
+        )
+    probs = cal.softmax(logits)
+    labels = np.array([ex.label for ex in examples], dtype=int)
+    temperature, scaled = None, None
+    if val_examples:
+        val_logits, _, val_hit = score_cached(lm, builder, dataset, "validation", val_examples, drop, cache,
+                                              config.batch_size, val_progress)
+        hit = hit and val_hit
+        temperature = cal.fit_temperature(val_logits, np.array([ex.label for ex in val_examples]))
+        scaled = cal.report(cal.softmax(logits, temperature), labels, config.n_bins)
+    if progress:
+        progress(total, total)
+    return EvalResult(
+        model=lm.name,
+        dataset=dataset.name,
+        split=config.split,
+        n=len(examples),
+        dropped_attention_layers=list(drop),
+        all_attention_dropped=len(drop) == lm.num_layers,
+        label_names=list(dataset.label_names),
+        metrics=cal.report(probs, labels, config.n_bins),
+        reliability=cal.reliability_table(probs, labels, config.n_bins),
+        temperature=temperature,
+        metrics_temperature_scaled=scaled,
+        examples=list(examples),
+        logits=logits,
+        seconds=time.perf_counter() - start,
+        cached=hit,
+        warnings=warnings,
+        prompt=builder.describe(),
+    )

@@ -1,0 +1,125 @@
+"""End to end on the real default model (SmolLM2-135M-Instruct) and data, through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.cli import main
+from core.settings import home
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture()
+def fresh_results(tmp_path, monkeypatch) -> Path:
+    """A private result cache; the converted model folder is shared so it is not converted again."""
+    models = home() / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "models").symlink_to(models, target_is_directory=True)
+    monkeypatch.setenv("PRUNE_EXPLORER_HOME", str(tmp_path))
+    return tmp_path
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_evaluate_json_predictions_and_cache(fresh_results, capsys, tmp_path) -> None:
+    preds = tmp_path / "p.csv"
+    code, out, _ = _run(capsys, "evaluate", "--n", "40", "--val-n", "20", "--json", "-",
+                        "--predictions", str(preds))
+    assert code == 0
+    first = json.loads(out)
+    for field in ("model", "dataset", "n", "dropped_attention_layers", "accuracy", "ece", "adaptive_ece",
+                  "mce", "brier", "nll", "seconds", "cached", "temperature"):
+        assert field in first
+    assert first["n"] == 40 and first["cached"] is False and first["accuracy"] > 0.6
+    with open(preds, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40
+    assert {"id", "text", "label", "prediction", "confidence", "p_negative", "p_positive"} <= set(rows[0])
+    acc = np.mean([r["label"] == r["prediction"] for r in rows])
+    assert acc == pytest.approx(first["accuracy"])
+    code, out, _ = _run(capsys, "evaluate", "--n", "40", "--val-n", "20", "--json", "-")
+    again = json.loads(out)
+    assert again["cached"] is True and again["seconds"] < 1.0 and again["ece"] == first["ece"]
+
+
+def test_dropping_layers_changes_answers_and_cache_agrees_with_no_cache(fresh_results) -> None:
+    from core import EvalConfig, evaluate, load_dataset, load_model
+    from core.prompts import PromptBuilder, PromptConfig
+    from core.scoring import score_examples
+
+    lm, ds = load_model(), load_dataset()
+    full = evaluate(lm, ds, EvalConfig(n=24, val_n=0))
+    pruned = evaluate(lm, ds, EvalConfig(n=24, val_n=0, drop=(0, 25, 26)))
+    assert not np.allclose(full.probs, pruned.probs, atol=1e-3)
+    builder = PromptBuilder(lm.tokenizer, ds, PromptConfig(), lm.has_chat_template, lm.max_positions)
+    examples = full.examples[:12]
+    cached = score_examples(lm, builder, examples, (0, 1, 25))
+    uncached = score_examples(lm, builder, examples, (0, 1, 25), use_prefix_cache=False)
+    np.testing.assert_allclose(cached.logits, uncached.logits, atol=1e-3)
+
+
+def test_scores_json_lists_every_layer(fresh_results, capsys) -> None:
+    code, out, _ = _run(capsys, "scores", "--calibration-n", "32", "--json", "-")
+    got = json.loads(out)
+    assert code == 0 and len(got["scores"]) == 30 and sorted(got["order"]) == list(range(30))
+    assert got["scores"][got["order"][0]] == min(got["scores"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["evaluate", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["evaluate", "--model", "./missing/folder"], "does not exist"),
+        (["evaluate", "--drop-attn", "30"], "out of range"),
+        (["evaluate", "--drop-attn", "-1"], "negative"),
+        (["evaluate", "--drop-attn", "3,3"], "listed twice"),
+        (["evaluate", "--dataset", "nope"], "unknown dataset"),
+        (["evaluate", "--n", "0"], "at least 1"),
+    ],
+)
+def test_bad_input_gets_a_clear_message(fresh_results, capsys, argv: list[str], message: str) -> None:
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_own_csv_errors_warnings_and_non_ascii(fresh_results, capsys, tmp_path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("review,stars\ngood,5\n", encoding="utf-8")
+    code, _, err = _run(capsys, "evaluate", "--dataset", str(bad))
+    assert code == 2 and "no column 'text', 'label'" in err
+    mine = tmp_path / "mine.csv"
+    rows = [("Ce film était génial, vraiment 😀 " * 3, "positive"), ("Schrecklich, nie wieder.", "negative")] * 10
+    with open(mine, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    code, out, err = _run(capsys, "evaluate", "--dataset", str(mine), "--n", "50", "--max-input-tokens", "8",
+                          "--val-n", "0", "--json", "-")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["n"] == 4  # the test split of 20 rows
+    assert "larger than the test split" in err and "truncated" in err
+
+
+def test_dropping_every_layer_is_flagged(fresh_results, capsys) -> None:
+    code, out, err = _run(capsys, "evaluate", "--n", "8", "--val-n", "0", "--drop-attn",
+                          ",".join(map(str, range(30))), "--json", "-")
+    assert code == 0 and json.loads(out)["all_attention_dropped"] is True and "every attention layer" in err
+
+
+def test_module_entry_point_exits_non_zero_without_traceback() -> None:
+    proc = subprocess.run([sys.executable, "-m", "core", "evaluate", "--drop-attn", "x"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "error: attention layer 'x' is not an integer" in proc.stderr
+    assert "Traceback" not in proc.stderr
