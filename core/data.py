@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import OfflineError, UserError
-from .prompts import Template
+from .prompts import Template, round_robin_by_label
 
 SPLITS = ("train", "validation", "test")
 SPLIT_SEED = 1234
@@ -80,15 +80,7 @@ class Dataset:
                 warnings.append(f"n={n} is larger than the {split} split ({len(pool)} examples): using all of it")
             chosen = pool
         elif balanced:
-            by_label: dict[int, list[Example]] = {}
-            for ex in pool:
-                by_label.setdefault(ex.label, []).append(ex)
-            chosen, i = [], 0
-            while len(chosen) < n:
-                for label in sorted(by_label):
-                    if i < len(by_label[label]) and len(chosen) < n:
-                        chosen.append(by_label[label][i])
-                i += 1
+            chosen = round_robin_by_label(pool, n)
             rng.shuffle(chosen)
         else:
             chosen = pool[:n]

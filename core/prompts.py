@@ -98,20 +98,11 @@ class PromptBuilder:
             raise UserError(f"dataset '{self.dataset.name}' has no train split to draw demonstrations from")
         rng = random.Random(self.config.seed)
         rng.shuffle(pool)
-        by_label: dict[int, list] = {}
-        for ex in pool:
-            by_label.setdefault(ex.label, []).append(ex)
         # Round-robin over labels, from the last label to the first. Small models copy the label of
         # the last demonstration (recency bias); measured on the default model and data, n=200, four
         # demo seeds: [negative, positive] order predicts "positive" for 89-93% of reviews
         # (accuracy 0.51-0.55), [positive, negative] order reaches 0.72-0.87.
-        demos, i = [], 0
-        while len(demos) < min(k, len(pool)):
-            for label in sorted(by_label, reverse=True):
-                if i < len(by_label[label]) and len(demos) < k:
-                    demos.append(by_label[label][i])
-            i += 1
-        return demos
+        return round_robin_by_label(pool, k, last_label_first=True)
 
     def _render(self) -> tuple[str, str]:
         t = self.template
@@ -162,6 +153,21 @@ class PromptBuilder:
             "suffix": self.suffix_text,
             "answers": list(self.answer_words),
         }
+
+
+def round_robin_by_label(examples: Sequence, k: int, last_label_first: bool = False) -> list:
+    """Up to ``k`` of ``examples``, taking one per label in turn (in the order they come per label)."""
+    by_label: dict[int, list] = {}
+    for ex in examples:
+        by_label.setdefault(ex.label, []).append(ex)
+    order = sorted(by_label, reverse=last_label_first)
+    chosen, i = [], 0
+    while len(chosen) < min(k, len(examples)):
+        for label in order:
+            if i < len(by_label[label]) and len(chosen) < k:
+                chosen.append(by_label[label][i])
+        i += 1
+    return chosen
 
 
 def candidate_mask(n_options: Sequence[int], n_labels: int) -> list[list[bool]]:
