@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {models,datasets,evaluate,scores,cache}``.
+"""Command line: ``python -m core {models,datasets,evaluate,scores,explain,explainers,cache}``.
 
 Problems the user can fix print one ``error:`` line (no traceback) and exit with status 2.
 """
@@ -69,6 +69,30 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-names", default=None, help="own files: comma-separated label names, in index order")
 
 
+def _add_prompt_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", default="few-shot", choices=["zero-shot", "few-shot", "chat"])
+    p.add_argument("--shots", type=int, default=None, help="demonstrations (default: one per label)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-input-tokens", type=int, default=256)
+
+
+def _add_mask_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--drop-attn", default="", help="attention layers to drop, e.g. 25,26,29")
+    p.add_argument("--drop-k", type=int, default=None, help="drop the k most redundant attention layers")
+
+
+def _add_explainer_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    from .explainers import EXPLAINERS
+    from .features import GRANULARITIES, REMOVALS
+
+    p.add_argument("--explainer", default=default, help=f"one of {', '.join(EXPLAINERS)}")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="explainer parameter, e.g. n_samples=300 (repeatable; see 'explainers')")
+    p.add_argument("--granularity", default="word", choices=list(GRANULARITIES))
+    p.add_argument("--removal", default="delete", choices=list(REMOVALS),
+                   help="how a removed word disappears: deleted, or replaced by the pad / unknown token")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,19 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--n", type=int, default=200, help="examples of the split to evaluate (default 200)")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--drop-attn", default="", help="attention layers to drop, e.g. 25,26,29")
-    p.add_argument("--drop-k", type=int, default=None, help="drop the k most redundant attention layers")
-    p.add_argument("--prompt", default="few-shot", choices=["zero-shot", "few-shot", "chat"])
-    p.add_argument("--shots", type=int, default=None, help="demonstrations (default: one per label)")
-    p.add_argument("--seed", type=int, default=0)
+    _add_mask_args(p)
+    _add_prompt_args(p)
     p.add_argument("--balanced", action="store_true", help="sample the same number of examples per label")
     p.add_argument("--bins", type=int, default=15, help="equal-width bins for ECE (default 15)")
     p.add_argument("--val-n", type=int, default=100, help="validation examples for temperature scaling (0: off)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-input-tokens", type=int, default=256)
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the result cache")
     p.add_argument("--json", metavar="PATH|-", help="write the result as JSON ('-' for stdout)")
     p.add_argument("--predictions", metavar="PATH.csv", help="write one row per example")
+    p.add_argument("--faithfulness", action="store_true",
+                   help="also explain the examples and measure comprehensiveness and sufficiency (ERASER)")
+    p.add_argument("--faithfulness-n", type=int, default=None,
+                   help="explain only the first N evaluated examples (default: all)")
+    _add_explainer_args(p, default="lime")
+
+    p = sub.add_parser("explain", help="token attributions of one example, with their faithfulness")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--example", type=int, required=True, help="index of the example in the split")
+    _add_mask_args(p)
+    _add_prompt_args(p)
+    _add_explainer_args(p, default="lime")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--json", metavar="PATH|-")
+
+    p = sub.add_parser("explainers", help="list the explainers and their default parameters")
+    p.add_argument("--json", metavar="PATH|-")
 
     p = sub.add_parser("scores", help="attention-layer importance scores (He et al. 2024)")
     _add_model_args(p)
@@ -144,26 +183,56 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
     _print_table(rows, ["name", "task", "labels", "size", "licence", "source"])
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> None:
+def _drop(args: argparse.Namespace, lm, ds) -> list[int]:
+    """The mask from --drop-attn or --drop-k (the k layers with the lowest importance scores)."""
     from .cache import ResultCache
-    from .evaluation import EvalConfig, evaluate
     from .importance import attention_scores, calibration_texts
-    from .models import load_model
-    from .prompts import PromptConfig
     from .pruning import parse_layer_list, validate_mask
 
-    lm = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
-    ds = _dataset(args)
-    cache = None if args.no_cache else ResultCache()
     drop = list(validate_mask(parse_layer_list(args.drop_attn), lm.num_layers))
     if args.drop_k is not None:
         if drop:
             raise UserError("give either --drop-attn or --drop-k, not both")
         drop = attention_scores(lm, calibration_texts(ds), ResultCache()).most_redundant(args.drop_k)
+    return sorted(drop)
+
+
+def _prompt_config(args: argparse.Namespace):
+    from .prompts import PromptConfig
+
+    return PromptConfig(style=args.prompt, shots=args.shots, seed=args.seed, max_input_tokens=args.max_input_tokens)
+
+
+def _explain_config(args: argparse.Namespace):
+    from .explanations import ExplainConfig
+
+    params = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--param takes KEY=VALUE (got '{item}')")
+        params[key.strip()] = value.strip()
+    config = ExplainConfig.make(args.explainer, params, granularity=args.granularity, removal=args.removal)
+    config.validate()
+    return config
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from .cache import ResultCache
+    from .evaluation import EvalConfig, evaluate
+    from .explanations import Explainer, dataset_faithfulness
+    from .models import load_model
+    from .prompts import PromptBuilder
+
+    explain_config = _explain_config(args) if args.faithfulness else None
+    if args.faithfulness_n is not None and args.faithfulness_n < 1:
+        raise UserError(f"--faithfulness-n must be at least 1 (got {args.faithfulness_n})")
+    lm = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    ds = _dataset(args)
+    cache = None if args.no_cache else ResultCache()
+    drop = _drop(args, lm, ds)
     config = EvalConfig(
-        n=args.n, split=args.split, drop=tuple(drop),
-        prompt=PromptConfig(style=args.prompt, shots=args.shots, seed=args.seed,
-                            max_input_tokens=args.max_input_tokens),
+        n=args.n, split=args.split, drop=tuple(drop), prompt=_prompt_config(args),
         seed=args.seed, balanced=args.balanced, n_bins=args.bins, val_n=args.val_n,
         batch_size=args.batch_size,
     )
@@ -174,9 +243,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         bar.close()
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    if args.predictions:
-        result.predictions().to_csv(args.predictions, index=False)
     summary = result.summary()
+    predictions = result.predictions()
+    faith = None
+    if explain_config is not None:
+        builder = PromptBuilder(lm.tokenizer, ds, config.prompt, lm.has_chat_template, lm.max_positions)
+        explainer = Explainer(lm, ds, builder, args.split, drop, explain_config, cache)
+        examples = result.examples[: args.faithfulness_n]
+        bar = _Bar(f"explaining ({explain_config.explainer})")
+        try:
+            faith = dataset_faithfulness(explainer, examples, progress=bar)
+        finally:
+            bar.close()
+        summary.update(faith.summary())
+        rows = {r["id"]: r for r in faith.per_example()}
+        for col in ("comprehensiveness", "sufficiency", "random_comprehensiveness", "random_sufficiency"):
+            predictions[col] = [rows[i][col] if i in rows else None for i in predictions["id"]]
+    if args.predictions:
+        predictions.to_csv(args.predictions, index=False)
     if args.json:
         _write_json(summary, args.json)
     if args.json != "-":
@@ -189,6 +273,88 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
             print(f"temperature {result.temperature:.3f} (fitted on validation): "
                   f"ECE {result.metrics_temperature_scaled.ece:.3f}")
         print(f"{result.seconds:.2f} s{' (from cache)' if result.cached else ''}")
+        if faith is not None:
+            f = faith.summary()
+            print(f"{f['explainer']} on {f['faithfulness_n']} examples: comprehensiveness {f['comprehensiveness']:.3f} "
+                  f"(random {f['random_baseline_comprehensiveness']:.3f}), sufficiency {f['sufficiency']:.3f} "
+                  f"(random {f['random_baseline_sufficiency']:.3f}); {f['faithfulness_seconds']:.1f} s")
+
+
+def _explanation_json(a, builder, faith) -> dict:
+    answers = list(builder.answer_words)
+    return {
+        "explainer": a.explainer, "params": a.params, "granularity": a.granularity,
+        "features": [{"feature": n, "score": float(s)} for n, s in zip(a.names, a.scores, strict=True)],
+        "predicted": answers[a.predicted], "probability": float(a.probs[a.predicted]),
+        "probs": {w: float(p) for w, p in zip(answers, a.probs, strict=True)},
+        "seconds": a.seconds, **{f"faithfulness_{k}": v for k, v in faith.as_dict().items()},
+    }
+
+
+def _cmd_explain(args: argparse.Namespace) -> None:
+    from .agreement import agreement
+    from .cache import ResultCache
+    from .explanations import Explainer, pick_example
+    from .models import load_model
+    from .prompts import PromptBuilder
+
+    config = _explain_config(args)
+    lm = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    ds = _dataset(args)
+    example = pick_example(ds, args.split, args.example)
+    drop = _drop(args, lm, ds)
+    cache = None if args.no_cache else ResultCache()
+    builder = PromptBuilder(lm.tokenizer, ds, _prompt_config(args), lm.has_chat_template, lm.max_positions)
+    out: dict = {"model": lm.name, "dataset": ds.name, "split": args.split, "example": args.example,
+                 "id": example.id, "text": example.text, "label": ds.label_names[example.label],
+                 "dropped_attention_layers": drop}
+    # with a mask, the full model's explanation comes too, for the agreement between the two
+    runs = {"explanation": drop, "full_model": []} if drop else {"explanation": []}
+    scores = {}
+    for field, mask in runs.items():
+        explainer = Explainer(lm, ds, builder, args.split, mask, config, cache)
+        a, hit = explainer.explain(example)
+        faith = explainer.faithfulness([example], [a])[0]
+        scores[field] = a.scores
+        out[field] = {**_explanation_json(a, builder, faith), "cached": hit}
+    if drop:
+        out["agreement_with_full_model"] = agreement(scores["full_model"], scores["explanation"]).as_dict()
+    if args.json:
+        _write_json(out, args.json)
+    if args.json == "-":
+        return
+    e = out["explanation"]
+    print(f"{lm.name}, {ds.name} {args.split} example {args.example} (label {out['label']}), "
+          f"attention dropped: {drop or 'none'}")
+    print(f"predicted {e['predicted']} with probability {e['probability']:.3f}; {config.explainer} took "
+          f"{e['seconds']:.2f} s{' (cached)' if e['cached'] else ''}")
+    top = max((abs(f["score"]) for f in e["features"]), default=0) or 1.0
+    for f in e["features"]:
+        bar = ("+" if f["score"] >= 0 else "-") * round(12 * abs(f["score"]) / top)
+        print(f"  {f['feature'][:24]:24s} {f['score']:+.4f} {bar}")
+    print(f"comprehensiveness {e['faithfulness_comprehensiveness']:.3f}, sufficiency "
+          f"{e['faithfulness_sufficiency']:.3f} (AOPC over k = {e['faithfulness_k_percents']}%)")
+    if drop:
+        g = out["agreement_with_full_model"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+        print(f"full model predicted {out['full_model']['predicted']} ({out['full_model']['probability']:.3f}); "
+              f"agreement top-{g['k_percent']:.0f}%: F1 {fmt(g['f1'])}, IoU {fmt(g['iou'])}, "
+              f"Spearman {fmt(g['spearman'])}")
+
+
+def _cmd_explainers(args: argparse.Namespace) -> None:
+    from .explainers import EXPLAINERS
+
+    rows = [{"name": e.name, "title": e.title, "kind": e.kind, "defaults": dict(e.defaults),
+             "choices": {k: list(v) for k, v in e.choices.items()}, "description": e.description}
+            for e in EXPLAINERS.values()]
+    if args.json:
+        _write_json({"explainers": rows}, args.json)
+        return
+    for r in rows:
+        r["defaults"] = ", ".join(f"{k}={v}" for k, v in r["defaults"].items()) or "-"
+    _print_table(rows, ["name", "kind", "defaults", "description"])
+    print("all: --granularity word|token, --removal delete|pad|unk; faithfulness at k = 1, 5, 10, 20, 50%")
 
 
 def _cmd_scores(args: argparse.Namespace) -> None:
@@ -228,7 +394,7 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"models": _cmd_models, "datasets": _cmd_datasets, "evaluate": _cmd_evaluate,
-            "scores": _cmd_scores, "cache": _cmd_cache}
+            "scores": _cmd_scores, "explain": _cmd_explain, "explainers": _cmd_explainers, "cache": _cmd_cache}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

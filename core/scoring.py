@@ -30,13 +30,23 @@ class Scores:
     seconds: float
 
 
-def _head(lm: LoadedModel, candidate_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None, float | None]:
-    out = lm.model.get_output_embeddings()
-    idx = torch.tensor(list(candidate_ids), device=out.weight.device)
-    weight = out.weight.index_select(0, idx)
-    bias = out.bias.index_select(0, idx) if getattr(out, "bias", None) is not None else None
-    softcap = getattr(lm.model.config, "final_logit_softcapping", None)
-    return weight, bias, softcap
+class AnswerHead:
+    """The output layer restricted to the candidate answers' rows (with bias and soft-capping if any)."""
+
+    def __init__(self, lm: LoadedModel, candidate_ids: Sequence[int]) -> None:
+        out = lm.model.get_output_embeddings()
+        idx = torch.tensor(list(candidate_ids), device=out.weight.device)
+        self.weight = out.weight.index_select(0, idx)
+        self.bias = out.bias.index_select(0, idx) if getattr(out, "bias", None) is not None else None
+        self.softcap = getattr(lm.model.config, "final_logit_softcapping", None)
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = hidden.to(self.weight.dtype) @ self.weight.T
+        if self.bias is not None:
+            logits = logits + self.bias
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
 
 
 def candidate_logits(
@@ -50,7 +60,7 @@ def candidate_logits(
     """Candidate logits for token-id inputs (text + suffix ids, without the prefix), under the active mask."""
     model, base = lm.model, lm.model.base_model
     device = next(model.parameters()).device
-    weight, bias, softcap = _head(lm, builder.candidate_ids)
+    head = AnswerHead(lm, builder.candidate_ids)
     prefix = torch.tensor([builder.prefix_ids], device=device)
     n_prefix = prefix.shape[1]
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
@@ -88,12 +98,7 @@ def candidate_logits(
                               use_cache=False).last_hidden_state
                 last = torch.tensor(lengths, device=device) - 1 + n_prefix
             h = hidden[torch.arange(len(rows), device=device), last]
-            logits = h.to(weight.dtype) @ weight.T
-            if bias is not None:
-                logits = logits + bias
-            if softcap:
-                logits = torch.tanh(logits / softcap) * softcap
-            result[rows] = logits.float().cpu().numpy()
+            result[rows] = head(h).float().cpu().numpy()
             done += len(rows)
             if progress is not None:
                 progress(done, len(inputs))

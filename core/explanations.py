@@ -1,0 +1,217 @@
+"""Explanations and their faithfulness for examples of a data set, through the result cache.
+
+An explanation is cached under the model, the data, the example, the prompt, the attention mask,
+the explainer with all its parameters, the granularity and the removal; its ERASER curves under
+all of that plus the k values. Faithfulness over a data set also scores the seeded random
+explainer on the same examples, so that every figure can be read against "no better than chance".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cache import ResultCache, cache_key
+from .data import Dataset, Example
+from .errors import UserError
+from .explainers import DEFAULT_EXPLAINER, EXPLAINER_VERSION, Attribution, explain, resolve_params
+from .faithfulness import K_PERCENTS, METRIC_VERSION, Faithfulness, faithfulness_many
+from .features import GRANULARITIES, Features, replacement_token, text_features
+from .models import LoadedModel
+from .prompts import PromptBuilder
+from .scoring import Progress
+from .targets import LMTarget
+
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    explainer: str = DEFAULT_EXPLAINER
+    params: tuple[tuple[str, object], ...] = ()
+    """Overrides of the explainer's default parameters."""
+    granularity: str = "word"
+    removal: str = "delete"
+    k_percents: tuple[float, ...] = K_PERCENTS
+
+    @classmethod
+    def make(cls, explainer: str = DEFAULT_EXPLAINER, params: Mapping[str, object] | None = None,
+             **kw: object) -> ExplainConfig:
+        return cls(explainer, tuple(sorted((params or {}).items())), **kw)  # type: ignore[arg-type]
+
+    def resolved_params(self) -> dict[str, object]:
+        return resolve_params(self.explainer, dict(self.params))
+
+    def validate(self) -> None:
+        self.resolved_params()
+        if self.granularity not in GRANULARITIES:
+            raise UserError(f"unknown granularity '{self.granularity}'; use one of {', '.join(GRANULARITIES)}")
+        if not self.k_percents or any(not 0 < k <= 100 for k in self.k_percents):
+            raise UserError(f"k values must be percentages in (0, 100] (got {list(self.k_percents)})")
+
+
+def pick_example(dataset: Dataset, split: str, index: int) -> Example:
+    """The ``index``-th example of a split, with a message naming the valid range if there is none."""
+    examples = dataset.splits.get(split) or []
+    if not 0 <= index < len(examples):
+        raise UserError(f"example {index} is out of range: the {split} split of '{dataset.name}' has "
+                        f"{len(examples)} examples (0-{len(examples) - 1})" if examples else
+                        f"the {split} split of '{dataset.name}' is empty")
+    return examples[index]
+
+
+class Explainer:
+    """Explains examples of one data set with one model, prompt and mask, through the cache."""
+
+    def __init__(self, lm: LoadedModel, dataset: Dataset, builder: PromptBuilder, split: str,
+                 drop: Sequence[int] = (), config: ExplainConfig = ExplainConfig(),
+                 cache: ResultCache | None = None) -> None:
+        config.validate()
+        self.lm, self.dataset, self.builder, self.split = lm, dataset, builder, split
+        self.config, self.cache = config, cache
+        self.target = LMTarget(lm, builder, drop)
+        self.drop = self.target.drop
+        self.replacement = replacement_token(lm.tokenizer, config.removal)
+
+    def features(self, example: Example) -> Features:
+        try:
+            return text_features(self.lm.tokenizer, example.text, self.config.granularity,
+                                 self.builder.max_text_tokens)
+        except UserError as err:
+            raise UserError(f"example '{example.id}': {err}") from None
+
+    def _key(self, kind: str, example: Example, explainer: str, params: dict, **extra: object) -> str:
+        return cache_key(kind, model=self.lm.id, data=self.dataset.fingerprint, split=self.split,
+                         example=example.id, prompt=self.builder.describe(), drop=sorted(self.drop),
+                         explainer=explainer, params=params, granularity=self.config.granularity,
+                         removal=self.config.removal, version=EXPLAINER_VERSION, **extra)
+
+    def explain(self, example: Example, explainer: str | None = None) -> tuple[Attribution, bool]:
+        """The example's attribution (``explainer`` defaults to the configured one) and whether it was cached."""
+        name = explainer or self.config.explainer
+        params = self.config.resolved_params() if name == self.config.explainer else resolve_params(name)
+        key = self._key("explanation", example, name, params)
+        if self.cache is not None and (hit := self.cache.get(key)) is not None:
+            return Attribution.from_dict(hit), True
+        attribution = explain(self.target, self.features(example), name, params, self.replacement,
+                              example.n_options)
+        if self.cache is not None:
+            self.cache.put(key, attribution.as_dict())
+        return attribution, False
+
+    def faithfulness(self, examples: Sequence[Example], attributions: Sequence[Attribution]) -> list[Faithfulness]:
+        """ERASER curves of each attribution, on this explainer's model; cached per example."""
+        out: list[Faithfulness | None] = []
+        todo: list[int] = []
+        keys = []
+        for i, (ex, a) in enumerate(zip(examples, attributions, strict=True)):
+            key = self._key("faithfulness", ex, a.explainer, a.params, k=list(self.config.k_percents),
+                            metric=METRIC_VERSION)
+            keys.append(key)
+            hit = self.cache.get(key) if self.cache is not None else None
+            out.append(Faithfulness.from_dict(hit) if hit is not None else None)
+            if hit is None:
+                todo.append(i)
+        if todo:
+            items = [(self.features(examples[i]), attributions[i].scores, attributions[i].predicted,
+                      examples[i].n_options) for i in todo]
+            for i, f in zip(todo, faithfulness_many(self.target, items, self.replacement, self.config.k_percents),
+                            strict=True):
+                out[i] = f
+                if self.cache is not None:
+                    self.cache.put(keys[i], f.as_dict())
+        return [f for f in out if f is not None]
+
+
+@dataclass
+class FaithfulnessResult:
+    """Faithfulness of one explainer over examples, with the random baseline on the same examples."""
+
+    explainer: str
+    params: dict[str, object]
+    granularity: str
+    removal: str
+    k_percents: list[float]
+    example_ids: list[str]
+    attributions: list[Attribution]
+    curves: list[Faithfulness]
+    random_curves: list[Faithfulness]
+    seconds: float
+    cached: bool
+    explain_seconds: list[float] = field(default_factory=list)
+
+    @staticmethod
+    def _mean(curves: Sequence[Faithfulness], attr: str) -> list[float]:
+        return np.mean([getattr(c, attr) for c in curves], axis=0).tolist() if curves else []
+
+    def summary(self) -> dict:
+        """The fields `evaluate --faithfulness --json` adds: AOPC means, per-k means, the random baseline."""
+        comp_k, suff_k = self._mean(self.curves, "comprehensiveness_at_k"), self._mean(self.curves, "sufficiency_at_k")
+        rcomp_k = self._mean(self.random_curves, "comprehensiveness_at_k")
+        rsuff_k = self._mean(self.random_curves, "sufficiency_at_k")
+        ks = [str(k) for k in self.k_percents]
+        return {
+            "explainer": self.explainer,
+            "explainer_params": self.params,
+            "granularity": self.granularity,
+            "removal": self.removal,
+            "faithfulness_n": len(self.curves),
+            "k_percents": self.k_percents,
+            "comprehensiveness": float(np.mean(comp_k)) if comp_k else None,
+            "sufficiency": float(np.mean(suff_k)) if suff_k else None,
+            "comprehensiveness_at_k": dict(zip(ks, comp_k, strict=True)),
+            "sufficiency_at_k": dict(zip(ks, suff_k, strict=True)),
+            "random_baseline_comprehensiveness": float(np.mean(rcomp_k)) if rcomp_k else None,
+            "random_baseline_sufficiency": float(np.mean(rsuff_k)) if rsuff_k else None,
+            "random_baseline_comprehensiveness_at_k": dict(zip(ks, rcomp_k, strict=True)),
+            "random_baseline_sufficiency_at_k": dict(zip(ks, rsuff_k, strict=True)),
+            "seconds_per_explanation": float(np.mean(self.explain_seconds)) if self.explain_seconds else None,
+            "faithfulness_seconds": self.seconds,
+            "faithfulness_cached": self.cached,
+        }
+
+    def per_example(self) -> list[dict]:
+        """One row per example: its AOPC comprehensiveness and sufficiency, and the random baseline's."""
+        return [{"id": i, "comprehensiveness": c.comprehensiveness, "sufficiency": c.sufficiency,
+                 "random_comprehensiveness": r.comprehensiveness, "random_sufficiency": r.sufficiency}
+                for i, c, r in zip(self.example_ids, self.curves, self.random_curves, strict=True)]
+
+
+def dataset_faithfulness(explainer: Explainer, examples: Sequence[Example], progress: Progress | None = None,
+                         chunk: int = 8) -> FaithfulnessResult:
+    """Explain every example (configured explainer and random), then score both explanations' ERASER curves.
+
+    Work goes in chunks of ``chunk`` examples so progress moves steadily and an interruption keeps
+    every finished chunk in the cache.
+    """
+    start = time.perf_counter()
+    cfg = explainer.config
+    attributions: list[Attribution] = []
+    randoms: list[Attribution] = []
+    curves: list[Faithfulness] = []
+    random_curves: list[Faithfulness] = []
+    seconds: list[float] = []
+    all_cached = True
+    for lo in range(0, len(examples), chunk):
+        part = examples[lo:lo + chunk]
+        for ex in part:
+            a, hit = explainer.explain(ex)
+            r, rhit = explainer.explain(ex, RANDOM) if cfg.explainer != RANDOM else (a, hit)
+            attributions.append(a)
+            randoms.append(r)
+            all_cached = all_cached and hit and rhit
+            if not hit:
+                seconds.append(a.seconds)
+        curves.extend(explainer.faithfulness(part, attributions[lo:]))
+        random_curves.extend(explainer.faithfulness(part, randoms[lo:]))
+        if progress is not None:
+            progress(min(lo + chunk, len(examples)), len(examples))
+    return FaithfulnessResult(
+        explainer=cfg.explainer, params=cfg.resolved_params(), granularity=cfg.granularity, removal=cfg.removal,
+        k_percents=list(cfg.k_percents), example_ids=[ex.id for ex in examples], attributions=attributions,
+        curves=curves, random_curves=random_curves, seconds=time.perf_counter() - start, cached=all_cached,
+        explain_seconds=seconds or [a.seconds for a in attributions],
+    )

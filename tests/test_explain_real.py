@@ -1,0 +1,72 @@
+"""Explanations and faithfulness on the real default model, through the CLI and the core."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from test_end_to_end import _run, fresh_results  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.slow
+
+
+def test_explain_json_has_words_scores_prediction_and_agreement(fresh_results, capsys) -> None:  # noqa: F811
+    code, out, err = _run(capsys, "explain", "--example", "17", "--explainer", "occlusion", "--drop-attn", "25,26",
+                          "--json", "-")
+    assert code == 0, err
+    got = json.loads(out)
+    e = got["explanation"]
+    assert [f["feature"] for f in e["features"]] == got["text"].split()
+    assert e["predicted"] in ("negative", "positive") and 0.5 <= e["probability"] <= 1
+    assert e["seconds"] > 0 and e["explainer"] == "occlusion"
+    assert len(e["faithfulness_comprehensiveness_at_k"]) == 5
+    assert got["dropped_attention_layers"] == [25, 26] and "full_model" in got
+    assert {"precision", "recall", "f1", "iou", "spearman"} <= set(got["agreement_with_full_model"])
+    code, out, _ = _run(capsys, "explain", "--example", "17", "--explainer", "occlusion", "--granularity", "token",
+                        "--json", "-")
+    tokens = json.loads(out)["explanation"]["features"]
+    assert len(tokens) > len(e["features"])
+
+
+def test_evaluate_with_faithfulness_adds_the_fields(fresh_results, capsys, tmp_path) -> None:  # noqa: F811
+    preds = tmp_path / "p.csv"
+    code, out, err = _run(capsys, "evaluate", "--n", "6", "--val-n", "0", "--faithfulness", "--explainer",
+                          "kernel-shap", "--param", "n_samples=40", "--json", "-", "--predictions", str(preds))
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["explainer"] == "kernel-shap" and got["explainer_params"] == {"n_samples": 40, "seed": 0}
+    for field in ("comprehensiveness", "sufficiency", "random_baseline_comprehensiveness",
+                  "random_baseline_sufficiency"):
+        assert isinstance(got[field], float)
+    assert set(got["comprehensiveness_at_k"]) == {"1", "5", "10", "20", "50"}
+    assert got["faithfulness_n"] == 6
+    with open(preds, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {"comprehensiveness", "sufficiency", "random_comprehensiveness"} <= set(rows[0])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["explain", "--example", "0", "--explainer", "gradcam"], "unknown explainer 'gradcam'; use one of lime"),
+    (["explain", "--example", "99999"], "example 99999 is out of range: the test split of 'movie-reviews' has"),
+    (["explain", "--example", "0", "--param", "n_samples"], "--param takes KEY=VALUE"),
+    (["evaluate", "--faithfulness", "--explainer", "lime", "--param", "width=2"], "has no parameter 'width'"),
+])
+def test_bad_explain_input_gets_a_clear_message(fresh_results, capsys, argv, message) -> None:  # noqa: F811
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_lime_and_kernel_shap_beat_the_random_baseline_on_real_reviews(fresh_results) -> None:  # noqa: F811
+    from core import load_dataset, load_model
+    from core.explanations import ExplainConfig, Explainer, dataset_faithfulness
+    from core.prompts import PromptBuilder, PromptConfig
+
+    lm, ds = load_model(), load_dataset()
+    builder = PromptBuilder(lm.tokenizer, ds, PromptConfig(), lm.has_chat_template, lm.max_positions)
+    examples, _ = ds.sample("test", 30, seed=0)
+    for name in ("lime", "kernel-shap"):
+        explainer = Explainer(lm, ds, builder, "test", (), ExplainConfig.make(name, {"n_samples": 100}))
+        s = dataset_faithfulness(explainer, examples).summary()
+        assert s["comprehensiveness"] > s["random_baseline_comprehensiveness"] + 0.05, s
+        assert s["sufficiency"] < s["random_baseline_sufficiency"], s
