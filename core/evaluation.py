@@ -63,6 +63,11 @@ class EvalResult:
         return cal.softmax(self.logits)
 
     @property
+    def temperature_scaled_probs(self) -> np.ndarray | None:
+        """The probabilities after temperature scaling (None when no temperature was fitted)."""
+        return cal.softmax(self.logits, self.temperature) if self.temperature is not None else None
+
+    @property
     def labels(self) -> np.ndarray:
         return np.array([ex.label for ex in self.examples], dtype=int)
 
@@ -192,3 +197,18 @@ def evaluate(
         warnings=warnings,
         prompt=builder.describe(),
     )
+
+
+METRIC_NAMES = {"accuracy": "accuracy", "ece": "ECE", "adaptive_ece": "adaptive ECE", "mce": "MCE",
+                "brier": "Brier", "nll": "NLL"}
+
+
+def metrics_table(full: cal.CalibrationReport, pruned: cal.CalibrationReport | None = None,
+                  names: tuple[str, str] = ("full model", "pruned")) -> pd.DataFrame:
+    """One row per metric: the full model, the pruned model and the difference (pruned - full)."""
+    table = pd.DataFrame({names[0]: full.as_dict()}).loc[list(METRIC_NAMES)]
+    if pruned is not None:
+        table[names[1]] = pd.Series(pruned.as_dict())
+        table["difference"] = table[names[1]] - table[names[0]]
+    table.index = [METRIC_NAMES[m] for m in table.index]
+    return table

@@ -1,24 +1,183 @@
-"""Pure functions that turn results into plotly figures (no Streamlit here)."""
+"""Pure functions that turn results into plotly figures (no Streamlit here).
+
+Colours are fixed per role so that every view reads the same way: the full model is blue, the
+pruned model orange, the random baseline grey. Attribution heatmaps use one diverging scale centred
+on zero, shared by every row of a figure.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .faithfulness import Faithfulness
+
+FULL, PRUNED, RANDOM, EXTRA = "#3b5bdb", "#f08c00", "#868e96", "#2b8a3e"
+PALETTE = [FULL, PRUNED, EXTRA, "#ae3ec9", "#e03131"]
+LAYOUT = dict(margin=dict(t=40, b=40, l=50, r=20), legend=dict(orientation="h", y=-0.18), template="plotly_white")
 
 
-def reliability_diagram(tables: dict[str, list[dict]]) -> go.Figure:
-    """Accuracy per confidence bin for one or more runs (name -> `calibration.reliability_table`)."""
-    fig = go.Figure()
+def _colour(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def reliability_diagram(tables: Mapping[str, Sequence[dict]]) -> go.Figure:
+    """Accuracy per confidence bin for one or more runs, with each bin's example count as bars below."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06)
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
-                             line=dict(dash="dash", color="grey")))
-    for name, rows in tables.items():
+                             line=dict(dash="dash", color="grey")), row=1, col=1)
+    for i, (name, rows) in enumerate(tables.items()):
         used = [r for r in rows if r["count"]]
+        colour = _colour(i)
         fig.add_trace(go.Scatter(
-            x=[r["mean_confidence"] for r in used], y=[r["accuracy"] for r in used],
-            mode="lines+markers", name=name, text=[f"{r['count']} examples" for r in used],
-            marker=dict(size=[6 + min(r["count"], 60) / 3 for r in used]),
+            x=[r["mean_confidence"] for r in used], y=[r["accuracy"] for r in used], mode="lines+markers",
+            name=name, line=dict(color=colour), text=[f"{r['count']} examples" for r in used],
             hovertemplate="confidence %{x:.2f}<br>accuracy %{y:.2f}<br>%{text}<extra>" + name + "</extra>",
-        ))
-    fig.update_layout(xaxis_title="confidence (mean in bin)", yaxis_title="accuracy in bin",
-                      xaxis_range=[0, 1], yaxis_range=[0, 1.02], height=420, margin=dict(t=30, b=40),
-                      legend=dict(orientation="h", y=-0.2))
+        ), row=1, col=1)
+        fig.add_trace(go.Bar(
+            x=[(r["bin_lower"] + r["bin_upper"]) / 2 for r in rows], y=[r["count"] for r in rows],
+            width=[(r["bin_upper"] - r["bin_lower"]) * 0.45 for r in rows], name=f"{name}: examples per bin",
+            marker_color=colour, opacity=0.6, showlegend=False, text=[r["count"] or "" for r in rows],
+            textposition="outside", hovertemplate="bin %{x:.2f}: %{y} examples<extra>" + name + "</extra>",
+        ), row=2, col=1)
+    fig.update_layout(**LAYOUT, height=500, barmode="group", title="Reliability diagram")
+    fig.update_xaxes(range=[0, 1], row=1, col=1)
+    fig.update_xaxes(title_text="confidence (mean in bin)", range=[0, 1], row=2, col=1)
+    fig.update_yaxes(title_text="accuracy in bin", range=[0, 1.02], row=1, col=1)
+    fig.update_yaxes(title_text="examples", row=2, col=1)
+    return fig
+
+
+def confidence_histogram(confidences: Mapping[str, np.ndarray], bins: int = 15) -> go.Figure:
+    """How confident each run is: histograms of the top answer's probability, overlaid."""
+    fig = go.Figure()
+    for i, (name, conf) in enumerate(confidences.items()):
+        fig.add_trace(go.Histogram(x=np.asarray(conf), name=name, xbins=dict(start=0, end=1.0001, size=1 / bins),
+                                   marker_color=_colour(i), opacity=0.6))
+    fig.update_layout(**LAYOUT, barmode="overlay", height=320, title="Confidence of the predicted answer",
+                      xaxis_title="confidence", yaxis_title="examples", xaxis_range=[0, 1])
+    return fig
+
+
+def _wrap(names: Sequence[str], width: int) -> list[list[int]]:
+    return [list(range(i, min(i + width, len(names)))) for i in range(0, len(names), width)]
+
+
+def token_heatmap(rows: Mapping[str, tuple[Sequence[str], Sequence[float]]], words_per_line: int = 12) -> go.Figure:
+    """Attributions of one input by several runs, one block of lines per run, on one colour scale.
+
+    ``rows`` maps a run's name to (features, scores). Red supports the run's predicted answer, blue
+    opposes it; the scale is symmetric around zero and shared, so colours compare across runs.
+    """
+    limit = max((float(np.max(np.abs(s))) for _, s in rows.values() if len(s)), default=1.0) or 1.0
+    z, text, labels = [], [], []
+    for run, (names, scores) in rows.items():
+        for line, idx in enumerate(_wrap(names, words_per_line)):
+            pad = words_per_line - len(idx)
+            z.append([float(scores[i]) for i in idx] + [None] * pad)
+            text.append([names[i] for i in idx] + [""] * pad)
+            labels.append(f"{run}" if line == 0 else f"{run} ({line + 1})")
+    fig = go.Figure(go.Heatmap(
+        z=z, text=text, texttemplate="%{text}", y=labels, colorscale="RdBu", reversescale=True, zmid=0,
+        zmin=-limit, zmax=limit, xgap=2, ygap=4, hovertemplate="%{text}: %{z:.4f}<extra>%{y}</extra>",
+        colorbar=dict(title="support", thickness=12),
+    ))
+    fig.update_layout(**{**LAYOUT, "margin": dict(t=30, b=10, l=10, r=10)}, height=80 + 46 * len(z),
+                      yaxis=dict(autorange="reversed", automargin=True), xaxis=dict(visible=False))
+    return fig
+
+
+def faithfulness_curves(curves: Mapping[str, Faithfulness]) -> go.Figure:
+    """Comprehensiveness and sufficiency against k for several runs (random baselines dashed)."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("comprehensiveness (higher is better)",
+                                                        "sufficiency (lower is better)"))
+    for i, (name, c) in enumerate(curves.items()):
+        colour = RANDOM if "random" in name else _colour(i)
+        dash = "dash" if "random" in name else "solid"
+        for col, values in ((1, c.comprehensiveness_at_k), (2, c.sufficiency_at_k)):
+            fig.add_trace(go.Scatter(x=c.k_percents, y=values, mode="lines+markers", name=name, legendgroup=name,
+                                     showlegend=col == 1, line=dict(color=colour, dash=dash)), row=1, col=col)
+    fig.update_xaxes(title_text="k: % of words removed / kept", type="log")
+    fig.update_layout(**LAYOUT, height=340)
+    return fig
+
+
+TRADEOFF_METRICS = {"accuracy": "accuracy", "ece": "ECE", "comprehensiveness": "comprehensiveness (AOPC)",
+                    "sufficiency": "sufficiency (AOPC)"}
+
+
+def tradeoff_curves(table: pd.DataFrame, x: str = "dropped", current: int | None = None) -> go.Figure:
+    """Accuracy, ECE, comprehensiveness and sufficiency against the number of attention layers dropped."""
+    metrics = [m for m in TRADEOFF_METRICS if m in table and table[m].notna().any()]
+    fig = make_subplots(rows=1, cols=max(len(metrics), 1), subplot_titles=[TRADEOFF_METRICS[m] for m in metrics])
+    for col, m in enumerate(metrics, start=1):
+        fig.add_trace(go.Scatter(x=table[x], y=table[m], mode="lines+markers", name=TRADEOFF_METRICS[m],
+                                 line=dict(color=_colour(col - 1)), showlegend=False), row=1, col=col)
+        random_col = f"random_{m}"
+        if random_col in table and table[random_col].notna().any():
+            fig.add_trace(go.Scatter(x=table[x], y=table[random_col], mode="lines", name="random baseline",
+                                     line=dict(color=RANDOM, dash="dash"), showlegend=col == 3), row=1, col=col)
+        if "ece_temperature_scaled" in table and m == "ece" and table["ece_temperature_scaled"].notna().any():
+            fig.add_trace(go.Scatter(x=table[x], y=table["ece_temperature_scaled"], mode="lines+markers",
+                                     name="ECE after temperature scaling", line=dict(color=EXTRA, dash="dot")),
+                          row=1, col=col)
+        if current is not None:
+            fig.add_vline(x=current, line=dict(color="black", dash="dot", width=1), row=1, col=col)
+    fig.update_xaxes(title_text="attention layers dropped")
+    fig.update_layout(**LAYOUT, height=340)
+    return fig
+
+
+def pareto_front(x: Sequence[float], y: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats on both x and y (higher is better), by x."""
+    pts = list(zip(x, y, strict=True))
+    front = [i for i, (a, b) in enumerate(pts)
+             if not any((c >= a and d >= b) and (c > a or d > b) for c, d in pts)]
+    return sorted(front, key=lambda i: pts[i][0])
+
+
+def pareto_scatter(points: pd.DataFrame, faithfulness: str = "comprehensiveness",
+                   current: str | None = None) -> go.Figure:
+    """Accuracy against faithfulness for every evaluated mask, the Pareto front drawn, the current mask marked.
+
+    ``points`` has columns ``mask`` (a label), ``dropped``, ``accuracy`` and the faithfulness column.
+    For sufficiency, lower is better, so the front is taken on its negation.
+    """
+    fig = go.Figure()
+    if points.empty:
+        fig.update_layout(**LAYOUT, height=380, title="No mask with faithfulness yet")
+        return fig
+    y = points[faithfulness].to_numpy(dtype=float)
+    front = pareto_front(points["accuracy"].to_list(), (y if faithfulness != "sufficiency" else -y).tolist())
+    fig.add_trace(go.Scatter(
+        x=points["accuracy"], y=y, mode="markers", name="masks evaluated",
+        marker=dict(size=9, color=points["dropped"], colorscale="Viridis", showscale=True,
+                    colorbar=dict(title="dropped", thickness=12)),
+        text=points["mask"],
+        hovertemplate="%{text}<br>accuracy %{x:.3f}<br>" + faithfulness + " %{y:.3f}<extra></extra>",
+    ))
+    fig.add_trace(go.Scatter(x=points["accuracy"].iloc[front], y=y[front], mode="lines", name="Pareto front",
+                             line=dict(color="black", dash="dash")))
+    if current is not None and (points["mask"] == current).any():
+        row = points[points["mask"] == current].iloc[0]
+        fig.add_trace(go.Scatter(x=[row["accuracy"]], y=[row[faithfulness]], mode="markers", name="current mask",
+                                 marker=dict(size=18, symbol="star", color=PRUNED, line=dict(color="black", width=1))))
+    fig.update_layout(**LAYOUT, height=420, xaxis_title="accuracy", yaxis_title=f"{faithfulness} (AOPC)")
+    return fig
+
+
+def importance_bars(scores: Sequence[float], dropped: Sequence[int] = ()) -> go.Figure:
+    """Each attention layer's importance score; dropped layers in orange."""
+    dropped_set = set(dropped)
+    fig = go.Figure(go.Bar(
+        x=list(range(len(scores))), y=list(scores), marker_color=[PRUNED if i in dropped_set else FULL
+                                                                  for i in range(len(scores))],
+        hovertemplate="layer %{x}: %{y:.4f}<extra></extra>",
+    ))
+    fig.update_layout(**LAYOUT, height=260, xaxis_title="attention layer", yaxis_title="1 - cos(x, x + attn(x))",
+                      title="Importance of each attention layer (low = redundant)")
     return fig

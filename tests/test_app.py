@@ -1,4 +1,4 @@
-"""The app starts on the default model and data and reacts to the layer selection (AppTest)."""
+"""The app on the default model and data, driven through Streamlit's AppTest (no browser)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,86 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 pytestmark = pytest.mark.slow
+APP = str(Path(__file__).parent.parent / "app.py")
+PAGES = ["views/calibration.py", "views/explanations.py", "views/tradeoffs.py", "views/learn.py"]
 
 
-def test_app_starts_and_dropping_layers_changes_the_metrics() -> None:
-    at = AppTest.from_file(str(Path(__file__).parent.parent / "app.py"), default_timeout=600)
+@pytest.fixture()
+def app(module_results) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=900)
+    at.session_state["n"] = 40
+    at.session_state["explainer"] = "occlusion"
+    return at.run()
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.main.metric}
+
+
+def _errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def test_every_page_renders_without_an_exception(app: AppTest) -> None:
+    assert not app.exception and not _errors(app)
+    assert _metrics(app)["attention layers kept"] == "30 / 30"
+    for page in PAGES[1:]:
+        app.switch_page(page).run()
+        assert not app.exception, (page, app.exception)
+        assert not _errors(app), (page, _errors(app))
+        assert app.main.get("plotly_chart") or page.endswith("tradeoffs.py"), page
+
+
+def test_toggling_a_layer_changes_the_metrics_and_the_url(app: AppTest) -> None:
+    before = _metrics(app)
+    app.toggle(key="keep_26").set_value(False).run()
+    app.toggle(key="keep_25").set_value(False).run()
+    assert not app.exception
+    after = _metrics(app)
+    assert after["attention layers kept"] == "28 / 30"
+    assert (after["accuracy"], after["ECE"], after["Brier"]) != (before["accuracy"], before["ECE"], before["Brier"])
+    assert app.query_params["drop"] == ["25,26"] or app.query_params["drop"] == "25,26"
+    app.button(key="drop_k_button").click().run()  # k = 4 by default
+    assert _metrics(app)["attention layers kept"] == "26 / 30"
+    app.button(key="reset_button").click().run()
+    assert _metrics(app)["attention layers kept"] == "30 / 30" and "drop" not in app.query_params
+
+
+def test_the_url_restores_the_mask_and_the_example(module_results) -> None:
+    at = AppTest.from_file(APP, default_timeout=900)
+    at.session_state["n"] = 40
+    at.session_state["explainer"] = "occlusion"
+    at.query_params["drop"] = "3,7"
     at.run()
-    assert not at.exception, at.exception
-    at.slider(key="n").set_value(40).run()
     assert not at.exception
-    before = {m.label: m.value for m in at.metric}
-    assert before["attention layers kept"] == "30 / 30"
-    at.number_input(key="k").set_value(4).run()
-    assert not at.exception, at.exception
-    after = {m.label: m.value for m in at.metric}
-    assert after["attention layers kept"] == "26 / 30"
-    assert (after["accuracy"], after["ECE"]) != (before["accuracy"], before["ECE"])
+    assert at.toggle(key="keep_3").value is False and at.toggle(key="keep_7").value is False
+    assert _metrics(at)["attention layers kept"] == "28 / 30"
+    at.switch_page("views/explanations.py").run()
+    chosen = at.selectbox(key="example").value
+    assert not at.exception and chosen and at.query_params["example"] in (chosen, [chosen])
+
+
+def test_a_missing_model_path_shows_an_error_and_keeps_the_results(app: AppTest) -> None:
+    app.selectbox(key="model_pick").set_value("hub id or local folder...").run()
+    app.text_input(key="model_text").set_value("/no/such/model").run()
+    assert not app.exception
+    assert any("does not exist" in e and "Still showing smollm2-135m-instruct" in e for e in _errors(app))
+    assert _metrics(app)["accuracy"]  # the previous model's results stay on screen
+
+
+def test_an_uploaded_csv_without_a_label_column_shows_an_error(app: AppTest) -> None:
+    app.selectbox(key="dataset_pick").set_value("own file...").run()
+    app.file_uploader(key="upload").upload("reviews.csv", b"text,stars\ngood film,5\nbad film,1\n", "text/csv").run()
+    assert not app.exception
+    assert any("no column" in e and "label" in e for e in _errors(app)), _errors(app)
+    assert _metrics(app)["accuracy"]
+
+
+def test_tradeoffs_evaluates_the_current_mask_into_the_scatter(app: AppTest) -> None:
+    app.toggle(key="keep_26").set_value(False).run()
+    app.switch_page("views/tradeoffs.py").run()
+    app.number_input(key="faith_n").set_value(3).run()
+    app.button(key="eval_current").click().run()
+    assert not app.exception and not _errors(app)
+    tables = [d.value for d in app.main.dataframe]
+    assert any("26" in set(t.get("mask", [])) for t in tables), tables

@@ -12,20 +12,9 @@ import numpy as np
 import pytest
 
 from core.cli import main
-from core.settings import home
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parent.parent
-
-
-@pytest.fixture()
-def fresh_results(tmp_path, monkeypatch) -> Path:
-    """A private result cache; the converted model folder is shared so it is not converted again."""
-    models = home() / "models"
-    models.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "models").symlink_to(models, target_is_directory=True)
-    monkeypatch.setenv("PRUNE_EXPLORER_HOME", str(tmp_path))
-    return tmp_path
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -6,12 +6,12 @@ import csv
 import json
 
 import pytest
-from test_end_to_end import _run, fresh_results  # noqa: F401  (fixture)
+from test_end_to_end import _run
 
 pytestmark = pytest.mark.slow
 
 
-def test_explain_json_has_words_scores_prediction_and_agreement(fresh_results, capsys) -> None:  # noqa: F811
+def test_explain_json_has_words_scores_prediction_and_agreement(fresh_results, capsys) -> None:
     code, out, err = _run(capsys, "explain", "--example", "17", "--explainer", "occlusion", "--drop-attn", "25,26",
                           "--json", "-")
     assert code == 0, err
@@ -29,7 +29,7 @@ def test_explain_json_has_words_scores_prediction_and_agreement(fresh_results, c
     assert len(tokens) > len(e["features"])
 
 
-def test_evaluate_with_faithfulness_adds_the_fields(fresh_results, capsys, tmp_path) -> None:  # noqa: F811
+def test_evaluate_with_faithfulness_adds_the_fields(fresh_results, capsys, tmp_path) -> None:
     preds = tmp_path / "p.csv"
     code, out, err = _run(capsys, "evaluate", "--n", "6", "--val-n", "0", "--faithfulness", "--explainer",
                           "kernel-shap", "--param", "n_samples=40", "--json", "-", "--predictions", str(preds))
@@ -52,12 +52,12 @@ def test_evaluate_with_faithfulness_adds_the_fields(fresh_results, capsys, tmp_p
     (["explain", "--example", "0", "--param", "n_samples"], "--param takes KEY=VALUE"),
     (["evaluate", "--faithfulness", "--explainer", "lime", "--param", "width=2"], "has no parameter 'width'"),
 ])
-def test_bad_explain_input_gets_a_clear_message(fresh_results, capsys, argv, message) -> None:  # noqa: F811
+def test_bad_explain_input_gets_a_clear_message(fresh_results, capsys, argv, message) -> None:
     code, _, err = _run(capsys, *argv)
     assert code == 2 and message in err and "Traceback" not in err
 
 
-def test_lime_and_kernel_shap_beat_the_random_baseline_on_real_reviews(fresh_results) -> None:  # noqa: F811
+def test_lime_and_kernel_shap_beat_the_random_baseline_on_real_reviews(fresh_results) -> None:
     from core import load_dataset, load_model
     from core.explanations import ExplainConfig, Explainer, dataset_faithfulness
     from core.prompts import PromptBuilder, PromptConfig

@@ -1,0 +1,109 @@
+"""What a mask saves: attention layers, parameters, FLOPs, KV-cache memory, and measured latency.
+
+Counted for one new token decoded at a context of ``context`` tokens:
+
+* parameters: those of the dropped attention branches (the attention module and, for sandwich-norm
+  families, its post-attention norm); they are never run, so a pruned checkpoint could omit them.
+* FLOPs: 2 per weight of every matrix a token goes through (the embedding lookup is free), plus, per
+  kept attention layer, 4 x heads x head_dim x the tokens it attends to (the scores and the weighted
+  sum). A sliding-window layer attends to at most its window.
+* KV cache: 2 (keys and values) x kv_heads x head_dim x bytes per value, per token each kept layer
+  holds (a sliding-window layer holds at most its window). A dropped layer needs no KV cache.
+
+Latency is measured, not modelled: the median wall time of a forward pass over a fixed input.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .models import LoadedModel
+from .pruning import attention_param_count, dropped_attention, validate_mask
+
+
+@dataclass
+class Efficiency:
+    layers: int
+    layers_kept: int
+    parameters: int
+    parameters_saved: int
+    flops_per_token: float
+    flops_saved: float
+    kv_bytes_per_1k_tokens: float
+    kv_bytes_saved_per_1k_tokens: float
+    context: int
+
+    @property
+    def parameters_saved_fraction(self) -> float:
+        return self.parameters_saved / self.parameters
+
+    @property
+    def flops_saved_fraction(self) -> float:
+        return self.flops_saved / self.flops_per_token
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "parameters_saved_fraction": self.parameters_saved_fraction,
+                "flops_saved_fraction": self.flops_saved_fraction}
+
+
+def _attention_shape(config) -> tuple[int, int, int]:
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    return heads, kv_heads, head_dim
+
+
+def _tokens_attended(config, layer: int, context: int) -> int:
+    types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if types and window and types[layer] == "sliding_attention":
+        return min(context, int(window))
+    return context
+
+
+def efficiency(lm: LoadedModel, drop: Sequence[int], context: int = 1000) -> Efficiency:
+    """Counts for ``drop`` against the full model (see the module docstring for the formulas)."""
+    drop = validate_mask(drop, lm.num_layers)
+    model, config = lm.model, lm.model.config
+    heads, kv_heads, head_dim = _attention_shape(config)
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight
+    tied = head.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    # every weight matrix a token passes through: the body, and the output layer (shared or not)
+    matmul_params = total - embedding + head.numel() if tied else total - embedding
+    attended = [_tokens_attended(config, i, context) for i in range(lm.num_layers)]
+    scores = [4 * heads * head_dim * t for t in attended]
+    flops = 2.0 * matmul_params + sum(scores)
+    saved_params = attention_param_count(model, drop)
+    bytes_per = next(model.parameters()).element_size()
+    kv_1k = [2 * kv_heads * head_dim * bytes_per * _tokens_attended(config, i, 1000) for i in range(lm.num_layers)]
+    return Efficiency(
+        layers=lm.num_layers, layers_kept=lm.num_layers - len(drop), parameters=total,
+        parameters_saved=saved_params, flops_per_token=flops,
+        flops_saved=2.0 * saved_params + sum(scores[i] for i in drop),
+        kv_bytes_per_1k_tokens=float(sum(kv_1k)), kv_bytes_saved_per_1k_tokens=float(sum(kv_1k[i] for i in drop)),
+        context=context,
+    )
+
+
+def measure_latency(lm: LoadedModel, drop: Sequence[int], tokens: int = 256, repeats: int = 5) -> float:
+    """Median seconds of one forward pass over ``tokens`` fixed token ids with ``drop`` applied."""
+    drop = validate_mask(drop, lm.num_layers)
+    generator = torch.Generator().manual_seed(0)
+    vocab = lm.model.get_input_embeddings().weight.shape[0]
+    n = min(tokens, lm.max_positions)
+    ids = torch.randint(0, vocab, (1, n), generator=generator).to(next(lm.model.parameters()).device)
+    times = []
+    with torch.inference_mode(), dropped_attention(lm.model, drop):
+        lm.model.base_model(input_ids=ids)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            lm.model.base_model(input_ids=ids)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)

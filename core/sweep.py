@@ -1,0 +1,113 @@
+"""Trade-off points and sweeps: one row of metrics per attention mask, and the masks evaluated so far.
+
+A point is a mask's accuracy and calibration on the evaluation sample and, when asked for, the
+faithfulness of an explainer on the first ``faith_n`` of those examples, with the random baseline.
+Every part comes from or goes to the result cache, so an interrupted sweep resumes where it stopped
+and a point computed once (in the app, the CLI or a sweep) is never computed again.
+
+Each computed point is also recorded under its *context* (model, data, prompt, sample and explainer
+settings), so that the trade-off view can show every mask evaluated so far in that context.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+
+import pandas as pd
+
+from .cache import ResultCache, cache_key
+from .data import Dataset
+from .errors import UserError
+from .evaluation import EvalConfig, evaluate
+from .explanations import ExplainConfig, Explainer, dataset_faithfulness
+from .models import LoadedModel
+from .prompts import PromptBuilder
+from .pruning import validate_mask
+
+StageProgress = Callable[[str, int, int], None]
+"""(what is running, done, total)."""
+
+COLUMNS = ["dropped", "layers", "accuracy", "ece", "adaptive_ece", "mce", "brier", "nll", "temperature",
+           "ece_temperature_scaled", "comprehensiveness", "sufficiency", "random_comprehensiveness",
+           "random_sufficiency", "seconds"]
+
+
+@dataclass(frozen=True)
+class PointConfig:
+    eval: EvalConfig = EvalConfig()
+    explain: ExplainConfig | None = None
+    """None: accuracy and calibration only."""
+    faith_n: int = 20
+
+
+def mask_label(drop: Sequence[int]) -> str:
+    return "none" if not drop else ",".join(map(str, sorted(drop)))
+
+
+def _context_key(lm: LoadedModel, ds: Dataset, config: PointConfig) -> str:
+    e = config.eval
+    explain = None
+    if config.explain is not None:
+        explain = {"explainer": config.explain.explainer, "params": config.explain.resolved_params(),
+                   "granularity": config.explain.granularity, "removal": config.explain.removal,
+                   "k": list(config.explain.k_percents), "n": config.faith_n}
+    return cache_key("points", model=lm.id, data=ds.fingerprint, split=e.split, n=e.n, seed=e.seed,
+                     balanced=e.balanced, prompt=asdict(e.prompt), bins=e.n_bins, val_n=e.val_n, explain=explain)
+
+
+def evaluate_point(lm: LoadedModel, ds: Dataset, drop: Sequence[int], config: PointConfig,
+                   cache: ResultCache | None, progress: StageProgress | None = None) -> dict:
+    """One row of `COLUMNS` for mask ``drop``; recorded among the context's points when a cache is given."""
+    start = time.perf_counter()
+    drop = validate_mask(drop, lm.num_layers)
+    e = replace(config.eval, drop=tuple(sorted(drop)))
+    result = evaluate(lm, ds, e, cache, progress=(lambda d, t: progress("scoring", d, t)) if progress else None)
+    m, scaled = result.metrics, result.metrics_temperature_scaled
+    row = {"dropped": len(drop), "layers": mask_label(drop), "accuracy": m.accuracy, "ece": m.ece,
+           "adaptive_ece": m.adaptive_ece, "mce": m.mce, "brier": m.brier, "nll": m.nll,
+           "temperature": result.temperature, "ece_temperature_scaled": scaled.ece if scaled else None,
+           "comprehensiveness": None, "sufficiency": None, "random_comprehensiveness": None,
+           "random_sufficiency": None}
+    if config.explain is not None:
+        builder = PromptBuilder(lm.tokenizer, ds, e.prompt, lm.has_chat_template, lm.max_positions)
+        explainer = Explainer(lm, ds, builder, e.split, drop, config.explain, cache)
+        faith = dataset_faithfulness(explainer, result.examples[: config.faith_n],
+                                     progress=(lambda d, t: progress("explaining", d, t)) if progress else None)
+        s = faith.summary()
+        row.update(comprehensiveness=s["comprehensiveness"], sufficiency=s["sufficiency"],
+                   random_comprehensiveness=s["random_baseline_comprehensiveness"],
+                   random_sufficiency=s["random_baseline_sufficiency"])
+    row["seconds"] = time.perf_counter() - start
+    if cache is not None:
+        record_point(lm, ds, config, row, cache)
+    return row
+
+
+def record_point(lm: LoadedModel, ds: Dataset, config: PointConfig, row: dict, cache: ResultCache) -> None:
+    key = _context_key(lm, ds, config)
+    points = cache.get(key) or {}
+    points[row["layers"]] = {k: v for k, v in row.items() if k != "seconds"}
+    cache.put(key, points)
+
+
+def points(lm: LoadedModel, ds: Dataset, config: PointConfig, cache: ResultCache) -> pd.DataFrame:
+    """Every mask evaluated so far in this context, one row each (columns as `COLUMNS`, less seconds)."""
+    stored = cache.get(_context_key(lm, ds, config)) or {}
+    table = pd.DataFrame(list(stored.values()), columns=[c for c in COLUMNS if c != "seconds"])
+    return table.sort_values(["dropped", "layers"]).reset_index(drop=True)
+
+
+def sweep(lm: LoadedModel, ds: Dataset, order: Sequence[int], max_drop: int, config: PointConfig,
+          cache: ResultCache | None, progress: StageProgress | None = None) -> pd.DataFrame:
+    """Drop the first 0, 1, ..., ``max_drop`` layers of ``order`` in turn: one row per step."""
+    if not 0 <= max_drop <= len(order):
+        raise UserError(f"the number of layers to drop must be between 0 and {len(order)} (got {max_drop})")
+    rows = []
+    for k in range(max_drop + 1):
+        def step(stage: str, done: int, total: int, k: int = k) -> None:
+            if progress:
+                progress(f"{k} of {max_drop} layers dropped: {stage}", k * total + done, (max_drop + 1) * total)
+        rows.append(evaluate_point(lm, ds, order[:k], config, cache, step))
+    return pd.DataFrame(rows, columns=COLUMNS)

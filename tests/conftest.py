@@ -1,0 +1,31 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.settings import home
+
+
+def _private_home(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    models = home() / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    (root / "models").symlink_to(models, target_is_directory=True)
+    monkeypatch.setenv("PRUNE_EXPLORER_HOME", str(root))
+    return root
+
+
+@pytest.fixture()
+def fresh_results(tmp_path, monkeypatch) -> Path:
+    """A private result cache; the converted model folder is shared so it is not converted again."""
+    return _private_home(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def module_results(tmp_path_factory) -> Iterator[Path]:
+    """Like `fresh_results`, shared by the tests of one module (they then reuse each other's results)."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield _private_home(tmp_path_factory.mktemp("home"), mp)

@@ -1,0 +1,382 @@
+"""Streamlit glue shared by `app.py` and the pages: state, the shared sidebar, errors and downloads.
+
+Nothing here computes: results come from `core`, figures from `core.figures`. This module owns
+what only an interactive session has:
+
+* the state of a session (model, data, prompt, sample, explainer, mask, example) and its mirror in
+  the URL, so that a view can be shared as a link and survives a reload;
+* the shared sidebar with the layer panel and the efficiency readout;
+* error display (a message that says what to change, never a traceback) and downloads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import calibration as cal
+from core.cache import ResultCache
+from core.data import DEFAULT_DATASET, EMBEDDED, Dataset, load_dataset
+from core.efficiency import efficiency, measure_latency
+from core.errors import UserError
+from core.evaluation import EvalConfig, EvalResult, evaluate
+from core.explainers import DEFAULT_EXPLAINER, EXPLAINERS
+from core.explanations import ExplainConfig
+from core.importance import ImportanceScores, attention_scores, calibration_texts
+from core.models import DEFAULT_MODEL, PRESETS, LoadedModel, load_model
+from core.prompts import STYLES, PromptConfig
+from core.pruning import parse_layer_list, validate_mask
+from core.settings import home
+
+log = logging.getLogger("prune_explorer")
+OWN_FILE = "own file..."
+OTHER_MODEL = "hub id or local folder..."
+URL_KEYS = ("model", "dataset", "drop", "example")
+
+
+@dataclass
+class Context:
+    """Everything a page needs about the current selection."""
+
+    lm: LoadedModel
+    ds: Dataset
+    prompt: PromptConfig
+    n: int
+    explain: ExplainConfig
+    drop: tuple[int, ...]
+    scores: ImportanceScores
+    cache: ResultCache
+    image_format: str = "png"
+    warnings: list[str] = field(default_factory=list)
+
+    def eval_config(self, drop: tuple[int, ...] | None = None) -> EvalConfig:
+        return EvalConfig(n=self.n, drop=self.drop if drop is None else drop, prompt=self.prompt)
+
+    def run_config(self) -> dict:
+        """The run's configuration, for the JSON download."""
+        return {"model": self.lm.name, "model_fingerprint": self.lm.fingerprint, "dataset": self.ds.name,
+                "dataset_fingerprint": self.ds.fingerprint, "n": self.n, "prompt": asdict(self.prompt),
+                "dropped_attention_layers": list(self.drop), "explainer": self.explain.explainer,
+                "explainer_params": self.explain.resolved_params(), "granularity": self.explain.granularity,
+                "removal": self.explain.removal, "k_percents": list(self.explain.k_percents),
+                "importance_scores": self.scores.scores}
+
+
+# ---------------------------------------------------------------- errors
+
+
+@contextlib.contextmanager
+def guard(what: str = "this view") -> Iterator[None]:
+    """Show a problem as a message; a UserError says what to change, anything else is logged."""
+    try:
+        yield
+    except UserError as err:
+        st.error(str(err))
+    except Exception as err:  # noqa: BLE001 - the page must never show a traceback
+        log.exception("unexpected error in %s", what)
+        st.error(f"Something went wrong in {what}: {type(err).__name__}: {err}. Results already computed are "
+                 "kept; change the selection or reload the page.")
+
+
+# ---------------------------------------------------------------- cached resources
+
+
+@st.cache_resource(show_spinner="Loading the model (the first start converts it once)...")
+def _model(name: str) -> LoadedModel:
+    return load_model(name)
+
+
+@st.cache_resource(show_spinner="Loading the data...")
+def _dataset(name: str, text_column: str = "text", label_column: str = "label") -> Dataset:
+    return load_dataset(name, text_column=text_column, label_column=label_column)
+
+
+@st.cache_data(show_spinner="Measuring latency...", max_entries=256)
+def _latency(model_id: str, drop: tuple[int, ...], _lm: LoadedModel) -> float:
+    return measure_latency(_lm, drop, tokens=128, repeats=3)
+
+
+def progress_bar(text: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A progress callback drawing an ``st.progress`` bar, and a function that removes the bar.
+
+    Streamlit stops a run when the user changes a widget at the next element update, so a long
+    computation reporting progress is abandoned as soon as its result is no longer wanted.
+    """
+    bar = st.progress(0.0, text=text)
+
+    def update(done: int, total: int) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{text}: {done}/{total}")
+
+    return update, bar.empty
+
+
+def evaluate_with_progress(ctx: Context, drop: tuple[int, ...], label: str) -> EvalResult:
+    update, clear = progress_bar(f"Scoring {ctx.n} examples ({label})")
+    try:
+        return evaluate(ctx.lm, ctx.ds, ctx.eval_config(drop), ctx.cache, progress=update)
+    finally:
+        clear()
+
+
+# ---------------------------------------------------------------- state and URL
+
+
+def _init_from_url() -> None:
+    """On a session's first run, take the selection from the URL."""
+    if st.session_state.get("_url_loaded"):
+        return
+    st.session_state["_url_loaded"] = True
+    params = st.query_params
+    if "model" in params:
+        st.session_state["model_choice"] = params["model"]
+    if "dataset" in params:
+        st.session_state["dataset_choice"] = params["dataset"]
+    if "drop" in params:
+        st.session_state["_url_drop"] = params["drop"]
+    if "example" in params:
+        st.session_state["example"] = params["example"]
+
+
+def write_url(ctx: Context) -> None:
+    """Mirror the selection in the URL (only what differs from the defaults)."""
+    wanted = {"model": ctx.lm.name, "dataset": ctx.ds.name, "drop": ",".join(map(str, ctx.drop)),
+              "example": st.session_state.get("example") or ""}
+    defaults = {"model": DEFAULT_MODEL, "dataset": DEFAULT_DATASET, "drop": "", "example": ""}
+    for key in URL_KEYS:
+        value = wanted[key]
+        if value and value != defaults[key]:
+            if st.query_params.get(key) != value:
+                st.query_params[key] = value
+        elif key in st.query_params:
+            del st.query_params[key]
+
+
+# ---------------------------------------------------------------- sidebar
+
+
+def _model_picker() -> LoadedModel:
+    offline = [p.name for p in PRESETS if p.available_offline()]
+    others = [p for p in PRESETS if not p.available_offline()]
+    choices = [*offline, OTHER_MODEL]
+    chosen = st.session_state.get("model_choice", DEFAULT_MODEL)
+    if chosen not in choices:
+        st.session_state["model_text"] = chosen
+        chosen = OTHER_MODEL
+    pick = st.sidebar.selectbox("Model", choices, index=choices.index(chosen), key="model_pick",
+                                help="Presets installed here; or type a hub id or a local folder.")
+    name = pick
+    if pick == OTHER_MODEL:
+        name = st.sidebar.text_input("Hub id or local folder", key="model_text",
+                                     placeholder="org/name or /path/to/model").strip()
+    with st.sidebar.expander("Other models", expanded=False):
+        for p in others:
+            st.caption(f"**{p.name}** ({p.params}, {p.licence}): {p.install or 'needs the hub (not reachable here)'}")
+    good = st.session_state.get("_good_model", DEFAULT_MODEL)
+    if not name:
+        return _model(good)
+    try:
+        lm = _model(name)
+    except UserError as err:
+        st.sidebar.error(f"{err}. Still showing {good}.")
+        return _model(good)
+    st.session_state["_good_model"] = name
+    st.session_state["model_choice"] = name
+    return lm
+
+
+def _dataset_picker() -> Dataset:
+    choices = [*EMBEDDED, OWN_FILE]
+    chosen = st.session_state.get("dataset_choice", DEFAULT_DATASET)
+    if chosen not in choices:
+        st.session_state["data_path"] = chosen
+        chosen = OWN_FILE
+    pick = st.sidebar.selectbox("Dataset", choices, index=choices.index(chosen), key="dataset_pick")
+    good = st.session_state.get("_good_dataset", DEFAULT_DATASET)
+    if pick != OWN_FILE:
+        st.session_state["dataset_choice"] = pick
+        st.session_state["_good_dataset"] = pick
+        return _dataset(pick)
+    upload = st.sidebar.file_uploader("CSV or JSONL with a text and a label column", type=["csv", "jsonl"],
+                                      key="upload")
+    path = st.sidebar.text_input("...or the path of such a file", key="data_path").strip()
+    cols = st.sidebar.columns(2)
+    text_col = cols[0].text_input("text column", "text", key="text_column")
+    label_col = cols[1].text_input("label column", "label", key="label_column")
+    if upload is not None:
+        data = upload.getvalue()
+        target = home() / "uploads" / f"{hashlib.sha256(data).hexdigest()[:16]}{Path(upload.name).suffix.lower()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        path = str(target)
+    if not path:
+        st.sidebar.info(f"Upload a file or give a path. Still showing {good}.")
+        return _dataset(good)
+    try:
+        ds = _dataset(path, text_col, label_col)
+    except UserError as err:
+        st.sidebar.error(f"{err}. Still showing {good}.")
+        return _dataset(good)
+    st.session_state["_good_dataset"] = path
+    st.session_state["dataset_choice"] = path
+    return ds
+
+
+def _keep_key(i: int) -> str:
+    return f"keep_{i}"
+
+
+def _set_mask(drop: list[int], n_layers: int) -> None:
+    for i in range(n_layers):
+        st.session_state[_keep_key(i)] = i not in drop
+
+
+def _layer_panel(lm: LoadedModel, scores: ImportanceScores) -> tuple[int, ...]:
+    n = lm.num_layers
+    if st.session_state.get("_mask_model") != lm.id:  # a new model: start from the URL's mask or none
+        st.session_state["_mask_model"] = lm.id
+        drop: list[int] = []
+        raw = st.session_state.pop("_url_drop", "")
+        if raw:
+            try:
+                drop = list(validate_mask(parse_layer_list(raw), n))
+            except UserError as err:
+                st.sidebar.error(f"The link's mask was ignored: {err}")
+        _set_mask(drop, n)
+    st.sidebar.subheader("Attention layers")
+    st.sidebar.caption("Switch a layer off to drop its attention. The number is its importance, "
+                       "1 - cos(x, x + attn(x)): the lowest are the most redundant.")
+    cols = st.sidebar.columns([3, 2, 2])
+    cols[0].number_input("k", min_value=0, max_value=n, value=4, step=1, key="drop_k",
+                             label_visibility="collapsed", help="how many of the most redundant layers to drop")
+
+    def drop_k() -> None:
+        _set_mask(scores.most_redundant(int(st.session_state["drop_k"])), n)
+
+    cols[1].button("Drop k", key="drop_k_button", on_click=drop_k,
+                   help="drop the k layers with the lowest importance scores", width="stretch")
+    cols[2].button("Reset", key="reset_button", on_click=lambda: _set_mask([], n), width="stretch")
+    for i in range(n):
+        st.session_state.setdefault(_keep_key(i), True)
+    grid = st.sidebar.columns(3)
+    for i in range(n):
+        grid[i % 3].toggle(f"{i} · {scores.scores[i]:.3f}", key=_keep_key(i))
+    return tuple(i for i in range(n) if not st.session_state[_keep_key(i)])
+
+
+def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> None:
+    e = efficiency(lm, drop)
+    st.sidebar.subheader("Efficiency of this mask")
+    a, b = st.sidebar.columns(2)
+    a.metric("attention layers kept", f"{e.layers_kept} / {e.layers}")
+    b.metric("parameters saved", f"{e.parameters_saved_fraction:.1%}", f"{e.parameters_saved / 1e6:.2f} M",
+             delta_color="off")
+    a.metric("FLOPs saved / token", f"{e.flops_saved_fraction:.1%}", "at 1,000 tokens of context",
+             delta_color="off")
+    b.metric("KV cache saved", f"{e.kv_bytes_saved_per_1k_tokens / 2**20:.1f} MiB",
+             f"of {e.kv_bytes_per_1k_tokens / 2**20:.1f} MiB per 1,000 tokens", delta_color="off")
+    if st.sidebar.toggle("Measure latency", key="measure_latency", value=False,
+                         help="time a forward pass of 128 tokens with and without the mask (median of 3)"):
+        full, pruned = _latency(lm.id, (), lm), _latency(lm.id, drop, lm)
+        st.sidebar.metric("forward latency", f"{pruned * 1000:.0f} ms",
+                          f"{(pruned - full) / full:+.1%} vs full ({full * 1000:.0f} ms)", delta_color="inverse")
+
+
+def sidebar() -> Context:
+    """Build the shared sidebar and return the current selection."""
+    _init_from_url()
+    st.sidebar.title("Attention pruning explorer")
+    lm = _model_picker()
+    ds = _dataset_picker()
+    with st.sidebar.expander("Prompt, sample and explainer", expanded=False):
+        style = st.selectbox("Prompt style", [s for s in STYLES if s != "chat" or lm.has_chat_template],
+                             index=1, key="prompt_style")
+        n = int(st.slider("Examples", 20, 400, 200, step=20, key="n",
+                          help="test examples scored for accuracy and calibration"))
+        explainer = st.selectbox("Explainer", list(EXPLAINERS), index=list(EXPLAINERS).index(DEFAULT_EXPLAINER),
+                                 format_func=lambda e: EXPLAINERS[e].title, key="explainer")
+        removal = st.selectbox("Removing a word", ["delete", "pad", "unk"], key="removal",
+                               help="for perturbation explainers and faithfulness: delete its tokens or "
+                                    "replace them by the pad / unknown token")
+        image_format = st.radio("Chart downloads", ["png", "svg"], horizontal=True, key="image_format",
+                                help="the camera button above each chart saves this format")
+    scores = attention_scores(lm, calibration_texts(ds), ResultCache())
+    drop = _layer_panel(lm, scores)
+    _efficiency_readout(lm, drop)
+    explain = ExplainConfig.make(explainer, removal=removal)
+    ctx = Context(lm=lm, ds=ds, prompt=PromptConfig(style=style), n=n, explain=explain, drop=drop, scores=scores,
+                  cache=ResultCache(), image_format=image_format)
+    try:
+        explain.validate()
+        ctx.explain = explain
+    except UserError as err:
+        st.sidebar.error(f"{err}; using 'delete'.")
+        ctx.explain = ExplainConfig.make(explainer)
+    st.sidebar.download_button("Download run configuration (JSON)", json.dumps(ctx.run_config(), indent=2),
+                               file_name="run-config.json", mime="application/json", key="download_config")
+    return ctx
+
+
+def build_context() -> Context:
+    """Draw the shared sidebar, mirror the selection in the URL, and return it (stop on a fatal error)."""
+    ctx = None
+    with guard("the sidebar"):
+        ctx = sidebar()
+    if ctx is None:
+        st.stop()
+    write_url(ctx)
+    return ctx
+
+
+def hand_over(ctx: Context) -> None:
+    """`app.py` passes the sidebar's selection to the page it runs next."""
+    st.session_state["_ctx"] = ctx
+
+
+def context() -> Context:
+    """The selection for this page: handed over by `app.py` (built here if a view runs on its own).
+
+    The views live in ``views/``, not ``pages/``: Streamlit treats a ``pages/`` folder beside the
+    entry script as a classic multipage app and then runs a page file without `app.py` (on a
+    server's first run, and on every AppTest run), which would lose the shared sidebar.
+    """
+    ctx = st.session_state.pop("_ctx", None)
+    return ctx if ctx is not None else build_context()
+
+
+# ---------------------------------------------------------------- drawing and downloads
+
+
+def chart(fig: go.Figure, name: str, ctx: Context, key: str | None = None) -> None:
+    """A plotly chart whose camera button downloads ``name`` in the chosen format (PNG or SVG)."""
+    config = {"displaylogo": False, "toImageButtonOptions": {"format": ctx.image_format, "filename": name,
+                                                             "scale": 2 if ctx.image_format == "png" else 1}}
+    st.plotly_chart(fig, config=config, key=key or f"chart-{name}", width="stretch")
+
+
+def table(df: pd.DataFrame, name: str, key: str | None = None, **kwargs: object) -> None:
+    """A table with a CSV download button under it."""
+    st.dataframe(df, width="stretch", **kwargs)
+    st.download_button(f"Download {name}.csv", df.to_csv(index=kwargs.get("hide_index") is not True),
+                       file_name=f"{name}.csv", mime="text/csv", key=key or f"csv-{name}")
+
+
+def metrics_row(full: cal.CalibrationReport, pruned: cal.CalibrationReport | None, n_layers: int,
+                n_dropped: int) -> None:
+    shown = pruned or full
+    cols = st.columns(4)
+    cols[0].metric("accuracy", f"{shown.accuracy:.3f}",
+                   f"{shown.accuracy - full.accuracy:+.3f}" if pruned else None)
+    cols[1].metric("ECE", f"{shown.ece:.3f}", f"{shown.ece - full.ece:+.3f}" if pruned else None,
+                   delta_color="inverse")
+    cols[2].metric("Brier", f"{shown.brier:.3f}", f"{shown.brier - full.brier:+.3f}" if pruned else None,
+                   delta_color="inverse")
+    cols[3].metric("attention layers kept", f"{n_layers - n_dropped} / {n_layers}")

@@ -1,0 +1,91 @@
+"""Explanations: browse examples, compare the full and the pruned model's token attributions."""
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from core.agreement import agreement
+from core.explanations import Explainer
+from core.figures import faithfulness_curves, token_heatmap
+from core.prompts import PromptBuilder
+
+ctx = ui.context()
+st.title("Explanations: which words does the model rely on, before and after pruning?")
+title = ctx.explain.explainer
+st.caption(f"Attributions by {title} over the words of the input (never the prompt's instructions or "
+           "demonstrations), for the predicted answer. Red supports it, blue opposes it.")
+
+with ui.guard("the explanations view"):
+    full = ui.evaluate_with_progress(ctx, (), "full model")
+    pruned = ui.evaluate_with_progress(ctx, ctx.drop, "pruned model") if ctx.drop else full
+    fp, pp = full.predictions(), pruned.predictions()
+    browse = pd.DataFrame({
+        "id": fp["id"], "text": fp["text"], "label": fp["label"],
+        "full prediction": fp["prediction"], "full confidence": fp["confidence"],
+        "pruned prediction": pp["prediction"], "pruned confidence": pp["confidence"],
+    })
+    browse["flipped"] = browse["full prediction"] != browse["pruned prediction"]
+    browse["confidence change"] = browse["pruned confidence"] - browse["full confidence"]
+    browse["pruned correct"] = pp["correct"]
+    c1, c2 = st.columns([3, 2])
+    show = c1.radio("Show", ["all", "prediction flipped by pruning", "wrong after pruning", "right after pruning"],
+                    horizontal=True, key="example_filter")
+    largest = c2.toggle("Largest change in confidence first", key="sort_change", value=bool(ctx.drop))
+    view = {"all": browse, "prediction flipped by pruning": browse[browse["flipped"]],
+            "wrong after pruning": browse[~browse["pruned correct"]],
+            "right after pruning": browse[browse["pruned correct"]]}[show]
+    if largest:
+        view = view.reindex(view["confidence change"].abs().sort_values(ascending=False).index)
+    if not ctx.drop:
+        st.info("No attention layer is dropped: both rows show the full model. Switch layers off in the sidebar.")
+    if view.empty:
+        st.warning(f"No example is '{show}' with this mask.")
+        st.stop()
+    ids = view["id"].tolist()
+    if st.session_state.get("example") not in ids:
+        st.session_state["example"] = ids[0]
+    texts = dict(zip(browse["id"], browse["text"], strict=True))
+    example_id = st.selectbox(f"Example ({len(ids)} shown)", ids, key="example",
+                              format_func=lambda i: f"{i}: {texts[i][:90]}")
+    ui.write_url(ctx)  # the chosen example goes into the link too
+    with st.expander(f"The {len(view)} examples shown", expanded=False):
+        ui.table(view.round(3), "examples", hide_index=True)
+    ex = next(e for e in full.examples if e.id == example_id)
+    row = browse[browse["id"] == example_id].iloc[0]
+    st.markdown(f"> {ex.text}")
+    st.caption(f"label **{row['label']}** · full model: **{row['full prediction']}** "
+               f"({row['full confidence']:.2f}) · pruned: **{row['pruned prediction']}** "
+               f"({row['pruned confidence']:.2f})")
+    builder = PromptBuilder(ctx.lm.tokenizer, ctx.ds, ctx.prompt, ctx.lm.has_chat_template, ctx.lm.max_positions)
+    with st.spinner(f"Explaining with {title} (seconds per model the first time; cached after)..."):
+        ex_full = Explainer(ctx.lm, ctx.ds, builder, "test", (), ctx.explain, ctx.cache)
+        ex_pruned = Explainer(ctx.lm, ctx.ds, builder, "test", ctx.drop, ctx.explain, ctx.cache)
+        a_full, _ = ex_full.explain(ex)
+        a_pruned, _ = ex_pruned.explain(ex)
+        r_full, _ = ex_full.explain(ex, "random")
+        curves = {"full model": ex_full.faithfulness([ex], [a_full])[0],
+                  "pruned model": ex_pruned.faithfulness([ex], [a_pruned])[0],
+                  "random baseline (full model)": ex_full.faithfulness([ex], [r_full])[0]}
+    answers = builder.answer_words
+    rows = {f"full: {answers[a_full.predicted]}": (a_full.names, a_full.scores),
+            f"pruned: {answers[a_pruned.predicted]}": (a_pruned.names, a_pruned.scores)}
+    ui.chart(token_heatmap(rows), "token-heatmap", ctx)
+    g = agreement(a_full.scores, a_pruned.scores)
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    cols = st.columns(5)
+    cols[0].metric("top-20% F1", fmt(g.f1), help="overlap of the two rationales (top 20% supporting words)")
+    cols[1].metric("IoU", fmt(g.iou))
+    cols[2].metric("precision", fmt(g.precision), help="share of the pruned rationale in the full one")
+    cols[3].metric("recall", fmt(g.recall), help="share of the full rationale in the pruned one")
+    cols[4].metric("Spearman", fmt(g.spearman), help="rank correlation of all the words' scores")
+    if a_full.predicted != a_pruned.predicted:
+        st.warning("Pruning flipped the prediction: the two explanations support different answers.")
+    st.subheader("Faithfulness of these explanations (ERASER)")
+    st.caption("Comprehensiveness: how much the answer's probability drops when the top k% words are removed "
+               "(higher: the explanation found what mattered). Sufficiency: how much it drops when only they are "
+               "kept (lower: they were enough). Each on the model being explained.")
+    ui.chart(faithfulness_curves(curves), "faithfulness-curves", ctx)
+    words = pd.DataFrame({"word": a_full.names, "full model": a_full.scores, "pruned model": a_pruned.scores})
+    ui.table(words, "attributions", hide_index=True)
+    st.caption(f"{title}: {a_full.seconds:.1f} s (full), {a_pruned.seconds:.1f} s (pruned) when computed; "
+               f"parameters {a_full.params}")
