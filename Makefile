@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup app test lint bench clean
+.PHONY: setup browser app test lint bench clean
 
 setup: $(STAMP)
 
@@ -16,10 +16,18 @@ $(STAMP): requirements.txt constraints.txt requirements-assets.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements-assets.txt
 	touch $(STAMP)
 
+# The browser test drives Debian's chromium through chromium-driver; install them once if missing.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    --no-install-recommends chromium chromium-driver; \
+	fi
+
 app: setup
 	$(BIN)/python -m streamlit run app.py
 
-test: setup
+test: setup browser
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -ra
 
@@ -28,6 +36,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_explain.py
 
 clean:
 	rm -rf $(VENV)

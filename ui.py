@@ -254,21 +254,20 @@ def _layer_panel(lm: LoadedModel, scores: ImportanceScores) -> tuple[int, ...]:
     st.sidebar.subheader("Attention layers")
     st.sidebar.caption("Switch a layer off to drop its attention. The number is its importance, "
                        "1 - cos(x, x + attn(x)): the lowest are the most redundant.")
-    cols = st.sidebar.columns([3, 2, 2])
-    cols[0].number_input("k", min_value=0, max_value=n, value=4, step=1, key="drop_k",
-                             label_visibility="collapsed", help="how many of the most redundant layers to drop")
+    st.sidebar.number_input("Drop the k most redundant", min_value=0, max_value=n, value=4, step=1, key="drop_k",
+                            help="how many of the layers with the lowest importance scores to drop")
 
     def drop_k() -> None:
         _set_mask(scores.most_redundant(int(st.session_state["drop_k"])), n)
 
-    cols[1].button("Drop k", key="drop_k_button", on_click=drop_k,
-                   help="drop the k layers with the lowest importance scores", width="stretch")
-    cols[2].button("Reset", key="reset_button", on_click=lambda: _set_mask([], n), width="stretch")
+    cols = st.sidebar.columns(2)
+    cols[0].button("Drop them", key="drop_k_button", on_click=drop_k, width="stretch")
+    cols[1].button("Reset all", key="reset_button", on_click=lambda: _set_mask([], n), width="stretch")
     for i in range(n):
         st.session_state.setdefault(_keep_key(i), True)
-    grid = st.sidebar.columns(3)
+    grid = st.sidebar.columns(2)
     for i in range(n):
-        grid[i % 3].toggle(f"{i} · {scores.scores[i]:.3f}", key=_keep_key(i))
+        grid[i % 2].toggle(f"{i} · {scores.scores[i]:.3f}", key=_keep_key(i))
     return tuple(i for i in range(n) if not st.session_state[_keep_key(i)])
 
 

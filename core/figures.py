@@ -58,7 +58,7 @@ def confidence_histogram(confidences: Mapping[str, np.ndarray], bins: int = 15) 
     for i, (name, conf) in enumerate(confidences.items()):
         fig.add_trace(go.Histogram(x=np.asarray(conf), name=name, xbins=dict(start=0, end=1.0001, size=1 / bins),
                                    marker_color=_colour(i), opacity=0.6))
-    fig.update_layout(**LAYOUT, barmode="overlay", height=320, title="Confidence of the predicted answer",
+    fig.update_layout(**LAYOUT, barmode="overlay", height=320, title="Confidence of the answers",
                       xaxis_title="confidence", yaxis_title="examples", xaxis_range=[0, 1])
     return fig
 

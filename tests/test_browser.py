@@ -1,0 +1,128 @@
+"""End to end in a real headless browser: start the app, toggle a layer, watch the metrics change.
+
+Needs Debian's chromium and chromium-driver (``make test`` installs them). Screenshots go to
+``artifacts/`` (or ``$PRUNE_EXPLORER_ARTIFACTS``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).parent.parent
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ARTIFACTS = Path(os.environ.get("PRUNE_EXPLORER_ARTIFACTS", ROOT / "artifacts"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(module_results) -> Iterator[str]:
+    port = _free_port()
+    log = open(module_results / "streamlit.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ},
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert proc.poll() is None, (module_results / "streamlit.log").read_text()
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not shutil.which(p)]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: install Debian's chromium and chromium-driver "
+                    "(make test does: apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--window-size=1600,1300"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _metrics(driver) -> dict[str, str]:
+    from selenium.webdriver.common.by import By
+
+    out = {}
+    for m in driver.find_elements(By.CSS_SELECTOR, "[data-testid='stMain'] [data-testid='stMetric']"):
+        label = m.find_element(By.CSS_SELECTOR, "[data-testid='stMetricLabel']").text.strip()
+        out[label] = m.find_element(By.CSS_SELECTOR, "[data-testid='stMetricValue']").text.strip()
+    return out
+
+
+def _wait(driver, condition, timeout: float, what: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: condition(d))
+    except Exception:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "app-e2e-failure.png"))
+        raise AssertionError(f"timed out waiting for {what}; screenshot in {ARTIFACTS}") from None
+
+
+def _idle(driver) -> bool:
+    """No script run in progress (the status widget shows 'Running...' while one is)."""
+    from selenium.webdriver.common.by import By
+
+    return not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']")
+
+
+def test_toggle_a_layer_in_a_real_browser(server: str, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.get(server)
+    _wait(browser, lambda d: _metrics(d).get("attention layers kept") == "30 / 30" and _idle(d), 600,
+          "the full model's metrics")
+    before = _metrics(browser)
+    browser.save_screenshot(str(ARTIFACTS / "app-calibration-full.png"))
+    layer_26 = "//section[@data-testid='stSidebar']//label[.//p[starts-with(normalize-space(.), '26 ·')]]"
+    toggle = browser.find_element(By.XPATH, layer_26)
+    start = time.perf_counter()
+    toggle.click()
+    after = _wait(browser, lambda d: (m := _metrics(d)).get("attention layers kept") == "29 / 30" and _idle(d)
+                  and m, 600, "the pruned model's metrics")
+    seconds = time.perf_counter() - start
+    browser.save_screenshot(str(ARTIFACTS / "app-calibration-pruned.png"))
+    assert (after["accuracy"], after["ECE"], after["Brier"]) != (before["accuracy"], before["ECE"], before["Brier"])
+    assert "drop=26" in browser.current_url
+    print(f"toggle to updated metrics: {seconds:.1f} s (uncached)")
+    browser.get(server + "/explanations?drop=26")
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot") and _idle(d), 600,
+          "the explanations view")
+    browser.save_screenshot(str(ARTIFACTS / "app-explanations.png"))
+    assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")

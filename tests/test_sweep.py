@@ -1,0 +1,54 @@
+"""Trade-off points and sweeps on a tiny model: rows, the cache, and the masks evaluated so far."""
+
+from __future__ import annotations
+
+import pytest
+from tiny_models import tiny_loaded
+
+from core.cache import ResultCache
+from core.data import dataset_from_rows
+from core.errors import UserError
+from core.evaluation import EvalConfig
+from core.explanations import ExplainConfig
+from core.prompts import PromptConfig
+from core.sweep import COLUMNS, PointConfig, evaluate_point, points, sweep
+
+ROWS = [{"text": t, "label": lab} for t, lab in [
+    ("the film is good", "positive"), ("a bad and boring movie", "negative"), ("I loved it", "positive"),
+    ("terrible plot, awful dialogue", "negative"), ("wonderful acting", "positive"), ("bad", "negative"),
+]] * 5
+
+
+def _config(explain: bool = True) -> PointConfig:
+    return PointConfig(eval=EvalConfig(n=6, prompt=PromptConfig(style="zero-shot"), val_n=4),
+                       explain=ExplainConfig.make("occlusion") if explain else None, faith_n=3)
+
+
+def test_a_sweep_has_one_row_per_step_and_resumes_from_the_cache(tmp_path) -> None:
+    lm, ds = tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny")
+    cache = ResultCache(tmp_path)
+    table = sweep(lm, ds, [2, 0, 3, 1], 2, _config(), cache)
+    assert list(table.columns) == COLUMNS and list(table["dropped"]) == [0, 1, 2]
+    assert list(table["layers"]) == ["none", "2", "0,2"]
+    assert table[["accuracy", "ece", "comprehensiveness", "random_sufficiency"]].notna().all().all()
+    entries = cache.info()["entries"]
+    again = sweep(lm, ds, [2, 0, 3, 1], 2, _config(), cache)
+    assert cache.info()["entries"] == entries  # nothing new was computed
+    assert again[["accuracy", "comprehensiveness"]].equals(table[["accuracy", "comprehensiveness"]])
+
+
+def test_points_remember_every_mask_of_a_context(tmp_path) -> None:
+    lm, ds = tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny")
+    cache = ResultCache(tmp_path)
+    evaluate_point(lm, ds, (3,), _config(), cache)
+    evaluate_point(lm, ds, (), _config(), cache)
+    evaluate_point(lm, ds, (1,), _config(explain=False), cache)  # another context
+    seen = points(lm, ds, _config(), cache)
+    assert list(seen["layers"]) == ["none", "3"] and seen["comprehensiveness"].notna().all()
+    assert list(points(lm, ds, _config(explain=False), cache)["layers"]) == ["1"]
+
+
+def test_sweep_range_is_checked(tmp_path) -> None:
+    lm, ds = tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny")
+    with pytest.raises(UserError, match="between 0 and 4"):
+        sweep(lm, ds, [0, 1, 2, 3], 5, _config(), ResultCache(tmp_path))
