@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {models,datasets,evaluate,scores,explain,explainers,cache}``.
+"""Command line: ``python -m core {models,datasets,evaluate,scores,explain,explainers,sweep,report,cache}``.
 
 Problems the user can fix print one ``error:`` line (no traceback) and exit with status 2.
 """
@@ -143,6 +143,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration-n", type=int, default=256, help="train sentences to measure on")
     p.add_argument("--no-cache", action="store_true")
     p.add_argument("--json", metavar="PATH|-")
+
+    p = sub.add_parser("sweep", help="drop 0..K attention layers in a strategy's order: one row of metrics each")
+    _add_model_args(p)
+    _add_data_args(p)
+    from .strategies import DEFAULT_STRATEGY, STRATEGIES
+
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY, help=f"one of {', '.join(STRATEGIES)}")
+    p.add_argument("--max-drop", type=int, default=8, help="drop up to K layers (default 8)")
+    p.add_argument("--n", type=int, default=200, help="test examples per point (default 200)")
+    p.add_argument("--val-n", type=int, default=100, help="validation examples for temperature scaling")
+    p.add_argument("--faith-n", type=int, default=20,
+                   help="examples explained per point for faithfulness (default 20; 0: none)")
+    p.add_argument("--calibration-n", type=int, default=32, help="greedy strategies: validation examples judged")
+    p.add_argument("--steps", type=int, default=None, help="greedy strategies: layers chosen greedily (default K)")
+    p.add_argument("--candidates", type=int, default=None,
+                   help="greedy strategies: most redundant remaining layers tried per step (default: all)")
+    p.add_argument("--weights", default="1,1,1", help="trust-greedy: weights of accuracy, ECE, comprehensiveness")
+    _add_prompt_args(p)
+    _add_explainer_args(p, default="occlusion")
+    p.add_argument("--out", required=True, metavar="PATH.csv", help="the table; settings go to PATH.csv.json")
+
+    p = sub.add_parser("report", help="a self-contained HTML page (works offline) from a sweep CSV")
+    p.add_argument("sweep_csv")
+    p.add_argument("--out", required=True, metavar="PATH.html")
 
     p = sub.add_parser("cache", help="show or clear the result cache")
     p.add_argument("action", choices=["info", "clear"])
@@ -381,6 +405,67 @@ def _cmd_scores(args: argparse.Namespace) -> None:
         print("most redundant first:", ",".join(map(str, result.order)))
 
 
+def _weights(raw: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(x) for x in raw.split(","))
+    except ValueError:
+        raise UserError(f"--weights takes three numbers, e.g. 1,1,1 (got '{raw}')") from None
+    if len(values) != 3:
+        raise UserError(f"--weights takes three numbers: accuracy, ECE, comprehensiveness (got '{raw}')")
+    return values  # type: ignore[return-value]
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from .cache import ResultCache
+    from .evaluation import EvalConfig
+    from .models import load_model
+    from .strategies import StrategyConfig, layer_order
+    from .sweep import PointConfig, sweep
+
+    strategy = StrategyConfig(name=args.strategy, seed=args.seed, calibration_n=args.calibration_n,
+                              steps=args.steps or args.max_drop, candidates=args.candidates,
+                              weights=_weights(args.weights))
+    strategy.validate()
+    explain = _explain_config(args) if args.faith_n > 0 else None
+    if not str(args.out).endswith(".csv"):
+        raise UserError(f"--out must name a .csv file (got '{args.out}')")
+    lm = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
+    ds = _dataset(args)
+    if not 0 <= args.max_drop <= lm.num_layers:
+        raise UserError(f"--max-drop must be between 0 and {lm.num_layers} (got {args.max_drop})")
+    cache = ResultCache()
+    prompt = _prompt_config(args)
+    bar = _Bar(f"ordering ({args.strategy})")
+    try:
+        order = layer_order(lm, ds, strategy, prompt, cache, progress=lambda what, d, t: bar(d, t))
+    finally:
+        bar.close()
+    config = PointConfig(eval=EvalConfig(n=args.n, prompt=prompt, seed=args.seed, val_n=args.val_n),
+                         explain=explain, faith_n=max(args.faith_n, 1))
+    bar = _Bar("sweeping")
+    try:
+        table = sweep(lm, ds, order, args.max_drop, config, cache, progress=lambda what, d, t: bar(d, t))
+    finally:
+        bar.close()
+    table.to_csv(args.out, index=False)
+    settings = {"model": lm.name, "dataset": ds.name, "strategy": asdict(strategy), "order": order,
+                "n": args.n, "val_n": args.val_n, "prompt": asdict(prompt),
+                "explainer": explain.explainer if explain else None,
+                "explainer_params": explain.resolved_params() if explain else None,
+                "faith_n": args.faith_n, "removal": args.removal}
+    _write_json(settings, args.out + ".json")
+    print(table.round(3).to_string(index=False))
+    print(f"wrote {args.out} and {args.out}.json")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    print(f"wrote {write_report(args.sweep_csv, args.out)}")
+
+
 def _cmd_cache(args: argparse.Namespace) -> None:
     from .cache import ResultCache
 
@@ -394,7 +479,8 @@ def _cmd_cache(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"models": _cmd_models, "datasets": _cmd_datasets, "evaluate": _cmd_evaluate,
-            "scores": _cmd_scores, "explain": _cmd_explain, "explainers": _cmd_explainers, "cache": _cmd_cache}
+            "scores": _cmd_scores, "explain": _cmd_explain, "explainers": _cmd_explainers, "sweep": _cmd_sweep,
+            "report": _cmd_report, "cache": _cmd_cache}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

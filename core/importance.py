@@ -8,6 +8,10 @@ attention branch (``X + attn(ln(X))``, or the block output for post-LN models):
 per token, in fp32, averaged over every real (non-padding) token of the calibration texts. A low
 score means the attention barely changes the hidden state: the most redundant layers have the
 lowest scores and are dropped first.
+
+ShortGPT's block influence (Men et al. 2024) is the same measure taken over a whole decoder layer,
+``1 - cos(layer input, layer output)``; `compute_scores(method="block")` measures it, and the
+pruning strategies use it to order attention layers.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .models import LoadedModel
 from .scoring import Progress
 
 DEFAULT_CALIBRATION_SIZE = 256
+METHODS = {"attention": "he2024-attn-cos", "block": "shortgpt-block-influence"}
 
 
 @dataclass(frozen=True)
@@ -55,9 +60,9 @@ def _unwrap(out: object) -> torch.Tensor:
 
 def compute_scores(
     lm: LoadedModel, texts: Sequence[str], batch_size: int = 16, max_tokens: int = 128,
-    progress: Progress | None = None,
+    progress: Progress | None = None, method: str = "attention",
 ) -> ImportanceScores:
-    """Measure every attention layer's score on ``texts`` (no mask active)."""
+    """Measure every layer's score on ``texts`` (no mask active): its attention branch's, or its whole block's."""
     start = time.perf_counter()
     spec, model = lm.spec, lm.model
     layers = spec.layer_list(model)
@@ -75,7 +80,7 @@ def compute_scores(
         def post(_m, _args, out):
             x = inputs.pop(i)
             branch = _unwrap(out).float()
-            y = branch if spec.attn_block_out else x + branch
+            y = branch if (spec.attn_block_out or method == "block") else x + branch
             cos = F.cosine_similarity(x, y, dim=-1)  # [B, T]
             sums[i] += ((1.0 - cos) * state["mask"]).sum().double().cpu()
         return post
@@ -83,7 +88,12 @@ def compute_scores(
     hooks = []
     for i, layer in enumerate(layers):
         hooks.append(layer.register_forward_pre_hook(make_pre(i), with_kwargs=True))
-        out_mod = getattr(layer, spec.attn_block_out) if spec.attn_block_out else spec.branch_output_module(layer)
+        if method == "block":
+            out_mod = layer
+        elif spec.attn_block_out:
+            out_mod = getattr(layer, spec.attn_block_out)
+        else:
+            out_mod = spec.branch_output_module(layer)
         hooks.append(out_mod.register_forward_hook(make_post(i)))
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -120,13 +130,13 @@ def calibration_texts(dataset, n: int = DEFAULT_CALIBRATION_SIZE, seed: int = 0)
 
 def attention_scores(
     lm: LoadedModel, texts: Sequence[str], cache: ResultCache | None = None, batch_size: int = 16,
-    progress: Progress | None = None,
+    progress: Progress | None = None, method: str = "attention",
 ) -> ImportanceScores:
     """`compute_scores`, through the result cache."""
-    key = cache_key("importance", model=lm.id, texts=list(texts), method="he2024-attn-cos")
+    key = cache_key("importance", model=lm.id, texts=list(texts), method=METHODS[method])
     if cache is not None and (hit := cache.get(key)) is not None:
         return ImportanceScores(**{**hit, "cached": True})
-    result = compute_scores(lm, texts, batch_size=batch_size, progress=progress)
+    result = compute_scores(lm, texts, batch_size=batch_size, progress=progress, method=method)
     if cache is not None:
         cache.put(key, {"scores": result.scores, "n_texts": result.n_texts, "n_tokens": result.n_tokens,
                         "seconds": result.seconds})

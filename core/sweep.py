@@ -19,6 +19,7 @@ import pandas as pd
 
 from .cache import ResultCache, cache_key
 from .data import Dataset
+from .efficiency import measure_latency
 from .errors import UserError
 from .evaluation import EvalConfig, evaluate
 from .explanations import ExplainConfig, Explainer, dataset_faithfulness
@@ -31,7 +32,7 @@ StageProgress = Callable[[str, int, int], None]
 
 COLUMNS = ["dropped", "layers", "accuracy", "ece", "adaptive_ece", "mce", "brier", "nll", "temperature",
            "ece_temperature_scaled", "comprehensiveness", "sufficiency", "random_comprehensiveness",
-           "random_sufficiency", "seconds"]
+           "random_sufficiency", "seconds", "latency_ms"]
 
 
 @dataclass(frozen=True)
@@ -88,20 +89,24 @@ def evaluate_point(lm: LoadedModel, ds: Dataset, drop: Sequence[int], config: Po
 def record_point(lm: LoadedModel, ds: Dataset, config: PointConfig, row: dict, cache: ResultCache) -> None:
     key = _context_key(lm, ds, config)
     points = cache.get(key) or {}
-    points[row["layers"]] = {k: v for k, v in row.items() if k != "seconds"}
+    points[row["layers"]] = {k: v for k, v in row.items() if k not in ("seconds", "latency_ms")}
     cache.put(key, points)
 
 
 def points(lm: LoadedModel, ds: Dataset, config: PointConfig, cache: ResultCache) -> pd.DataFrame:
-    """Every mask evaluated so far in this context, one row each (columns as `COLUMNS`, less seconds)."""
+    """Every mask evaluated so far in this context, one row each (`COLUMNS` less the timings)."""
     stored = cache.get(_context_key(lm, ds, config)) or {}
-    table = pd.DataFrame(list(stored.values()), columns=[c for c in COLUMNS if c != "seconds"])
+    table = pd.DataFrame(list(stored.values()), columns=[c for c in COLUMNS if c not in ("seconds", "latency_ms")])
     return table.sort_values(["dropped", "layers"]).reset_index(drop=True)
 
 
 def sweep(lm: LoadedModel, ds: Dataset, order: Sequence[int], max_drop: int, config: PointConfig,
-          cache: ResultCache | None, progress: StageProgress | None = None) -> pd.DataFrame:
-    """Drop the first 0, 1, ..., ``max_drop`` layers of ``order`` in turn: one row per step."""
+          cache: ResultCache | None, progress: StageProgress | None = None,
+          latency: bool = True) -> pd.DataFrame:
+    """Drop the first 0, 1, ..., ``max_drop`` layers of ``order`` in turn: one row per step.
+
+    ``latency_ms`` is measured afresh (never cached): a forward pass over 128 tokens, median of 3.
+    """
     if not 0 <= max_drop <= len(order):
         raise UserError(f"the number of layers to drop must be between 0 and {len(order)} (got {max_drop})")
     rows = []
@@ -109,5 +114,7 @@ def sweep(lm: LoadedModel, ds: Dataset, order: Sequence[int], max_drop: int, con
         def step(stage: str, done: int, total: int, k: int = k) -> None:
             if progress:
                 progress(f"{k} of {max_drop} layers dropped: {stage}", k * total + done, (max_drop + 1) * total)
-        rows.append(evaluate_point(lm, ds, order[:k], config, cache, step))
+        row = evaluate_point(lm, ds, order[:k], config, cache, step)
+        row["latency_ms"] = 1000 * measure_latency(lm, order[:k], tokens=128, repeats=3) if latency else None
+        rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)

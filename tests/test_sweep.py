@@ -52,3 +52,31 @@ def test_sweep_range_is_checked(tmp_path) -> None:
     lm, ds = tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny")
     with pytest.raises(UserError, match="between 0 and 4"):
         sweep(lm, ds, [0, 1, 2, 3], 5, _config(), ResultCache(tmp_path))
+
+
+def test_an_interrupted_sweep_recomputes_nothing_it_had_finished(tmp_path, monkeypatch) -> None:
+    import core.evaluation as evaluation
+
+    lm, ds = tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny")
+    cache = ResultCache(tmp_path)
+    scored: list[tuple[int, ...]] = []
+    real = evaluation.score_examples
+
+    def counting(lm_, builder, examples, drop=(), **kw):
+        result = real(lm_, builder, examples, drop, **kw)
+        scored.append(tuple(sorted(drop)))  # only scoring that finished
+        return result
+
+    monkeypatch.setattr(evaluation, "score_examples", counting)
+
+    def stop_at_the_third_point(what: str, done: int, total: int) -> None:
+        if what.startswith("2 of 3"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sweep(lm, ds, [2, 0, 3, 1], 3, _config(explain=False), cache, stop_at_the_third_point, latency=False)
+    finished = set(scored)
+    assert finished >= {(), (2,)}
+    scored.clear()
+    table = sweep(lm, ds, [2, 0, 3, 1], 3, _config(explain=False), cache, latency=False)
+    assert len(table) == 4 and not finished & set(scored)  # the finished masks came from the cache

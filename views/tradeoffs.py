@@ -4,13 +4,14 @@ import streamlit as st
 
 import ui
 from core.figures import pareto_scatter, tradeoff_curves
+from core.strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig, layer_order
 from core.sweep import PointConfig, evaluate_point, mask_label, points, sweep
 
 ctx = ui.context()
 st.title("Trade-offs: what does each dropped layer cost?")
-st.caption("Layers are dropped in order of their importance score (most redundant first). Accuracy and "
-           f"calibration use {ctx.n} test examples; faithfulness ({ctx.explain.explainer}, with the random "
-           "baseline dashed) the first examples of them, as set below.")
+st.caption(f"Layers are dropped in a strategy's order. Accuracy and calibration use {ctx.n} test examples; "
+           f"faithfulness ({ctx.explain.explainer}, with the random baseline dashed) the first examples of them, "
+           "as set below. Greedy strategies choose on validation examples.")
 
 with ui.guard("the trade-offs view"):
     c = st.columns([2, 2, 2, 2])
@@ -20,20 +21,36 @@ with ui.guard("the trade-offs view"):
     faith_n = int(c[2].number_input("Examples explained per mask", 2, ctx.n, min(10, ctx.n), key="faith_n",
                                     disabled=not with_faith))
     config = PointConfig(eval=ctx.eval_config(()), explain=ctx.explain if with_faith else None, faith_n=faith_n)
-    order = ctx.scores.order
+    s1, s2 = st.columns([2, 3])
+    name = s1.selectbox("Strategy", list(STRATEGIES), index=list(STRATEGIES).index(DEFAULT_STRATEGY),
+                        key="strategy", help="\n".join(f"{k}: {v}" for k, v in STRATEGIES.items()))
+    s2.caption(STRATEGIES[name])
+    weights = (1.0, 1.0, 1.0)
+    if name == "trust-greedy":
+        w = st.columns(3)
+        weights = (w[0].number_input("weight: accuracy loss", 0.0, 10.0, 1.0, key="w_acc"),
+                   w[1].number_input("weight: ECE increase", 0.0, 10.0, 1.0, key="w_ece"),
+                   w[2].number_input("weight: comprehensiveness loss", 0.0, 10.0, 1.0, key="w_comp"))
+    strategy = StrategyConfig(name=name, steps=max_drop, weights=weights)
     current = mask_label(ctx.drop)
     if c[3].button("Run sweep", type="primary", key="run_sweep", width="stretch"):
         bar = st.progress(0.0, text="starting")
-        result = sweep(ctx.lm, ctx.ds, order, max_drop, config, ctx.cache,
-                       progress=lambda what, d, t: bar.progress(min(d / max(t, 1), 1.0), text=what))
+
+        def show(what: str, done: int, total: int) -> None:
+            bar.progress(min(done / max(total, 1), 1.0), text=what)
+
+        order = layer_order(ctx.lm, ctx.ds, strategy, ctx.prompt, ctx.cache, progress=show)
+        result = sweep(ctx.lm, ctx.ds, order, max_drop, config, ctx.cache, progress=show)
         bar.empty()
         st.session_state["sweep_table"] = result
+        st.session_state["sweep_order"] = order
     if st.button(f"Evaluate the current mask ({current})", key="eval_current"):
         update, clear = ui.progress_bar("current mask")
         evaluate_point(ctx.lm, ctx.ds, ctx.drop, config, ctx.cache, lambda what, d, t: update(d, t))
         clear()
 
     table = st.session_state.get("sweep_table")
+    order = st.session_state.get("sweep_order", ctx.scores.order)
     if table is not None:
         prefix = [len(ctx.drop)] if sorted(order[: len(ctx.drop)]) == sorted(ctx.drop) else []
         ui.chart(tradeoff_curves(table, current=prefix[0] if prefix else None), "tradeoff-curves", ctx)

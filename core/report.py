@@ -1,0 +1,78 @@
+"""A self-contained HTML report of a sweep: curves, the table and the settings, working offline.
+
+plotly.js is embedded once in the page (no script is fetched from a CDN), so the file can be mailed
+or opened on a machine with no network.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .errors import UserError
+from .figures import LAYOUT, tradeoff_curves
+
+
+def _calibration_repair(table: pd.DataFrame) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=table["dropped"], y=table["ece"], mode="lines+markers", name="ECE"))
+    if "ece_temperature_scaled" in table and table["ece_temperature_scaled"].notna().any():
+        fig.add_trace(go.Scatter(x=table["dropped"], y=table["ece_temperature_scaled"], mode="lines+markers",
+                                 name="ECE after temperature scaling (fitted on validation, per mask)"))
+    fig.update_layout(**LAYOUT, height=340, title="Calibration before and after temperature scaling",
+                      xaxis_title="attention layers dropped", yaxis_title="ECE")
+    return fig
+
+
+def read_sweep(path: str | Path) -> tuple[pd.DataFrame, dict]:
+    """A sweep CSV and, if it is there, its settings file (``<csv>.json``)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"sweep file '{path}' does not exist")
+    table = pd.read_csv(path)
+    missing = [c for c in ("dropped", "accuracy", "ece") if c not in table]
+    if missing:
+        raise UserError(f"'{path}' is not a sweep table: no column {', '.join(repr(c) for c in missing)}")
+    settings_path = path.with_name(path.name + ".json")
+    settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.exists() else {}
+    return table, settings
+
+
+def render(table: pd.DataFrame, settings: dict, title: str = "Attention pruning sweep") -> str:
+    figures = [tradeoff_curves(table), _calibration_repair(table)]
+    parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
+             for i, fig in enumerate(figures)]
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(v if isinstance(v, str) else json.dumps(v))}"
+                   "</td></tr>" for k, v in settings.items())
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.85rem; margin: 1rem 0; }}
+th, td {{ border: 1px solid #ddd; padding: 0.25rem 0.5rem; text-align: right; }}
+th {{ background: #f5f5f5; }}
+.settings th, .settings td {{ text-align: left; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Each row drops one more attention layer, in the strategy's order. Accuracy and calibration on the
+test sample; comprehensiveness and sufficiency (ERASER AOPC; the random baseline dashed) on its first
+examples. Lower is better for ECE and sufficiency.</p>
+{parts[0]}
+{parts[1]}
+<h2>Table</h2>
+{table.round(4).to_html(index=False, na_rep="", border=0)}
+<h2>Settings</h2>
+<table class="settings">{rows}</table>
+</body></html>
+"""
+
+
+def write_report(sweep_csv: str | Path, out: str | Path) -> Path:
+    table, settings = read_sweep(sweep_csv)
+    out = Path(out)
+    out.write_text(render(table, settings), encoding="utf-8")
+    return out

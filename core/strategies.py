@@ -1,0 +1,172 @@
+"""Pruning strategies: the order in which attention layers are dropped.
+
+* ``similarity`` (default): He et al.'s score 1 - cos(x, x + attn(x)), lowest first.
+* ``block-influence``: ShortGPT's 1 - cos(layer input, layer output), lowest first.
+* ``greedy-divergence`` (FinerCut-style): at each step, drop the attention layer whose removal
+  changes the answer distribution least: the mean Jensen-Shannon divergence between the full
+  model's and the pruned model's answer probabilities on the calibration examples.
+* ``trust-greedy`` (interpretability-aware): at each step, drop the layer that least increases
+  ``w_acc * (acc_full - acc) + w_ece * (ece - ece_full) + w_comp * (comp_full - comp)`` on the
+  calibration examples, comp being the AOPC comprehensiveness of an explainer (occlusion by
+  default, the cheapest) on the first ``faith_n`` of them. The user sets the weights.
+* ``first-to-last``, ``last-to-first`` and ``random`` (seeded): the baselines.
+
+Greedy strategies choose on the validation split (``calibration_n`` examples) so that a sweep
+reports them on the test split. Every mask they try goes through the result cache, so an
+interrupted search resumes. Each step considers the ``candidates`` most redundant remaining
+layers by the similarity score (all of them by default); after ``steps`` steps, the remaining
+layers follow in similarity order, so every strategy returns a permutation of all layers.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import calibration as cal
+from .cache import ResultCache
+from .data import Dataset
+from .errors import UserError
+from .evaluation import score_cached
+from .explanations import ExplainConfig, Explainer, dataset_faithfulness
+from .importance import attention_scores, calibration_texts
+from .models import LoadedModel
+from .prompts import PromptBuilder, PromptConfig
+
+StageProgress = Callable[[str, int, int], None]
+
+STRATEGIES: dict[str, str] = {
+    "similarity": "He et al.: 1 - cos(x, x + attn(x)), lowest first",
+    "block-influence": "ShortGPT: 1 - cos(layer input, layer output), lowest first",
+    "greedy-divergence": "greedy: least change of the answer distribution (JS divergence) on validation",
+    "trust-greedy": "greedy: least loss of accuracy, calibration and comprehensiveness on validation (weighted)",
+    "first-to-last": "layer 0 first",
+    "last-to-first": "the last layer first",
+    "random": "a seeded random order",
+}
+DEFAULT_STRATEGY = "similarity"
+
+
+@dataclass(frozen=True)
+class StrategyConfig:
+    name: str = DEFAULT_STRATEGY
+    seed: int = 0
+    calibration_n: int = 32
+    """Greedy strategies: validation examples that candidate masks are judged on."""
+    steps: int | None = None
+    """Greedy strategies: how many layers to choose greedily (None: all)."""
+    candidates: int | None = None
+    """Greedy strategies: consider only this many most redundant remaining layers per step (None: all)."""
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """trust-greedy: weights of the accuracy loss, the ECE increase and the comprehensiveness loss."""
+    explainer: str = "occlusion"
+    faith_n: int = 8
+
+    def validate(self) -> None:
+        if self.name not in STRATEGIES:
+            raise UserError(f"unknown strategy '{self.name}'; use one of {', '.join(STRATEGIES)}")
+        if self.calibration_n < 1 or self.faith_n < 1:
+            raise UserError("calibration_n and faith_n must be at least 1")
+        if len(self.weights) != 3 or any(w < 0 for w in self.weights) or not any(self.weights):
+            raise UserError(f"weights are three numbers >= 0, not all 0: accuracy, ECE, comprehensiveness "
+                            f"(got {list(self.weights)})")
+        for name in ("steps", "candidates"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be at least 1 (got {value})")
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Jensen-Shannon divergence (natural log) between rows of two probability matrices."""
+    p, q = np.clip(p, 1e-12, 1), np.clip(q, 1e-12, 1)
+    m = (p + q) / 2
+    return 0.5 * (p * np.log(p / m)).sum(axis=1) + 0.5 * (q * np.log(q / m)).sum(axis=1)
+
+
+class _Judge:
+    """Scores candidate masks on the validation examples (through the cache)."""
+
+    def __init__(self, lm: LoadedModel, ds: Dataset, prompt: PromptConfig, config: StrategyConfig,
+                 cache: ResultCache | None) -> None:
+        if not ds.splits.get("validation"):
+            raise UserError(f"the greedy strategies need a validation split; '{ds.name}' has none")
+        self.lm, self.ds, self.config, self.cache = lm, ds, config, cache
+        self.builder = PromptBuilder(lm.tokenizer, ds, prompt, lm.has_chat_template, lm.max_positions)
+        self.examples, _ = ds.sample("validation", config.calibration_n, seed=config.seed)
+        self.labels = np.array([ex.label for ex in self.examples])
+        self.explain = ExplainConfig.make(config.explainer)
+        self.full_probs = self.probs(())
+        self.full_comp = self.comprehensiveness(()) if config.name == "trust-greedy" else 0.0
+
+    def probs(self, drop: Sequence[int]) -> np.ndarray:
+        logits, _, _ = score_cached(self.lm, self.builder, self.ds, "validation", self.examples, sorted(drop),
+                                    self.cache)
+        return cal.softmax(logits)
+
+    def comprehensiveness(self, drop: Sequence[int]) -> float:
+        explainer = Explainer(self.lm, self.ds, self.builder, "validation", sorted(drop), self.explain, self.cache)
+        summary = dataset_faithfulness(explainer, self.examples[: self.config.faith_n]).summary()
+        return float(summary["comprehensiveness"])
+
+    def cost(self, drop: Sequence[int]) -> float:
+        """Lower is better: how much worse the mask is than the full model."""
+        probs = self.probs(drop)
+        if self.config.name == "greedy-divergence":
+            return float(js_divergence(self.full_probs, probs).mean())
+        w_acc, w_ece, w_comp = self.config.weights
+        acc0, ece0 = cal.accuracy(self.full_probs, self.labels), cal.ece(self.full_probs, self.labels)
+        cost = w_acc * (acc0 - cal.accuracy(probs, self.labels)) + w_ece * (cal.ece(probs, self.labels) - ece0)
+        if w_comp:
+            cost += w_comp * (self.full_comp - self.comprehensiveness(drop))
+        return float(cost)
+
+
+def greedy_order(cost: Callable[[Sequence[int]], float], fallback: Sequence[int], steps: int,
+                 candidates: int | None = None, progress: StageProgress | None = None) -> list[int]:
+    """Greedily pick ``steps`` layers, each time the one whose addition to the mask costs least.
+
+    Candidates are the remaining layers in ``fallback`` order (the first ``candidates`` of them);
+    ties go to the earlier one. The layers not picked follow in ``fallback`` order.
+    """
+    chosen: list[int] = []
+    total = sum(min(len(fallback) - s, candidates or len(fallback)) for s in range(steps))
+    done = 0
+    for step in range(steps):
+        remaining = [i for i in fallback if i not in chosen][: candidates or None]
+        costs = []
+        for layer in remaining:
+            costs.append(cost([*chosen, layer]))
+            done += 1
+            if progress:
+                progress(f"choosing layer {step + 1} of {steps}", done, total)
+        chosen.append(remaining[int(np.argmin(costs))])
+    return chosen + [i for i in fallback if i not in chosen]
+
+
+def layer_order(lm: LoadedModel, ds: Dataset, config: StrategyConfig = StrategyConfig(),
+                prompt: PromptConfig | None = None, cache: ResultCache | None = None,
+                progress: StageProgress | None = None) -> list[int]:
+    """A permutation of the attention layers, in the order ``config``'s strategy drops them."""
+    config.validate()
+    prompt = prompt or PromptConfig()
+    n = lm.num_layers
+    if config.name == "first-to-last":
+        return list(range(n))
+    if config.name == "last-to-first":
+        return list(range(n - 1, -1, -1))
+    if config.name == "random":
+        order = list(range(n))
+        random.Random(config.seed).shuffle(order)
+        return order
+    texts = calibration_texts(ds)
+    if config.name == "block-influence":
+        return attention_scores(lm, texts, cache, method="block").order
+    similarity = attention_scores(lm, texts, cache).order
+    if config.name == "similarity":
+        return similarity
+    judge = _Judge(lm, ds, prompt, config, cache)
+    steps = min(config.steps or n, n)
+    return greedy_order(judge.cost, similarity, steps, config.candidates, progress)

@@ -1,0 +1,108 @@
+"""Pruning strategies on tiny models: permutations, greedy choices against brute force, and the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tiny_models import tiny_loaded
+
+from core import calibration as cal
+from core.cache import ResultCache
+from core.cli import main
+from core.data import dataset_from_rows
+from core.errors import UserError
+from core.evaluation import score_cached
+from core.importance import compute_scores
+from core.prompts import PromptBuilder, PromptConfig
+from core.report import render, write_report
+from core.strategies import STRATEGIES, StrategyConfig, greedy_order, js_divergence, layer_order
+
+ROWS = [{"text": t, "label": lab} for t, lab in [
+    ("the film is good", "positive"), ("a bad and boring movie", "negative"), ("I loved it", "positive"),
+    ("terrible plot, awful dialogue", "negative"), ("wonderful acting", "positive"), ("bad", "negative"),
+]] * 6
+PROMPT = PromptConfig(style="zero-shot")
+
+
+def _setup():
+    return tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny")
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_strategy_returns_a_permutation_of_the_layers(name: str, tmp_path) -> None:
+    lm, ds = _setup()
+    config = StrategyConfig(name=name, calibration_n=6, steps=2, faith_n=2)
+    order = layer_order(lm, ds, config, PROMPT, ResultCache(tmp_path))
+    assert sorted(order) == list(range(lm.num_layers))
+
+
+def test_fixed_orders_and_block_influence() -> None:
+    lm, ds = _setup()
+    assert layer_order(lm, ds, StrategyConfig("first-to-last")) == [0, 1, 2, 3]
+    assert layer_order(lm, ds, StrategyConfig("last-to-first")) == [3, 2, 1, 0]
+    seeded = layer_order(lm, ds, StrategyConfig("random", seed=1))
+    assert seeded == layer_order(lm, ds, StrategyConfig("random", seed=1)) and sorted(seeded) == [0, 1, 2, 3]
+    block = compute_scores(lm, [r["text"] for r in ROWS[:6]], method="block").scores
+    attn = compute_scores(lm, [r["text"] for r in ROWS[:6]]).scores
+    assert block != attn and all(s >= 0 for s in block)
+
+
+def test_greedy_divergence_picks_what_one_step_of_brute_force_picks(tmp_path) -> None:
+    lm, ds = _setup()
+    cache = ResultCache(tmp_path)
+    order = layer_order(lm, ds, StrategyConfig("greedy-divergence", calibration_n=6, steps=1), PROMPT, cache)
+    builder = PromptBuilder(lm.tokenizer, ds, PROMPT, lm.has_chat_template, lm.max_positions)
+    examples, _ = ds.sample("validation", 6, seed=0)
+    full = cal.softmax(score_cached(lm, builder, ds, "validation", examples, [], None)[0])
+    divergence = [js_divergence(full, cal.softmax(score_cached(lm, builder, ds, "validation", examples, [i], None)[0]))
+                  .mean() for i in range(lm.num_layers)]
+    assert order[0] == int(np.argmin(divergence))
+
+
+def test_trust_greedy_picks_what_one_step_of_brute_force_picks(tmp_path) -> None:
+    lm, ds = _setup()
+    cache = ResultCache(tmp_path)
+    config = StrategyConfig("trust-greedy", calibration_n=6, steps=1, faith_n=2, weights=(1.0, 0.5, 2.0))
+    order = layer_order(lm, ds, config, PROMPT, cache)
+    from core.strategies import _Judge
+
+    judge = _Judge(lm, ds, PROMPT, config, cache)
+    assert order[0] == int(np.argmin([judge.cost([i]) for i in range(lm.num_layers)]))
+
+
+def test_greedy_order_with_a_known_cost_and_a_candidate_pool() -> None:
+    cost = {(): 0, (0,): 5, (1,): 1, (2,): 3, (1, 0): 2, (1, 2): 4}
+    assert greedy_order(lambda m: cost[tuple(m)], [0, 1, 2], steps=2) == [1, 0, 2]
+    assert greedy_order(lambda m: cost[tuple(m)], [0, 2, 1], steps=1, candidates=2) == [2, 0, 1]
+
+
+def test_bad_strategy_settings_are_named() -> None:
+    with pytest.raises(UserError, match="unknown strategy 'magic'"):
+        StrategyConfig("magic").validate()
+    with pytest.raises(UserError, match="weights are three numbers"):
+        StrategyConfig("trust-greedy", weights=(0, 0, 0)).validate()
+
+
+def test_report_is_self_contained_and_works_offline(tmp_path) -> None:
+    csv = tmp_path / "sweep.csv"
+    csv.write_text("dropped,layers,accuracy,ece,ece_temperature_scaled,comprehensiveness,sufficiency,"
+                   "random_comprehensiveness,random_sufficiency\n0,none,0.9,0.1,0.05,0.3,0.1,0.05,0.3\n"
+                   "1,26,0.88,0.15,0.06,0.2,0.15,0.05,0.3\n", encoding="utf-8")
+    (tmp_path / "sweep.csv.json").write_text(json.dumps({"model": "m", "strategy": {"name": "similarity"}}))
+    out = write_report(csv, tmp_path / "r.html")
+    page = out.read_text(encoding="utf-8")
+    assert "<script src=" not in page.replace('<script src="data:', "")  # nothing fetched
+    assert "plotly" in page.lower() and len(page) > 1_000_000  # plotly.js is inlined
+    assert "similarity" in page and "0.88" in page
+    with pytest.raises(UserError, match="not a sweep table"):
+        bad = tmp_path / "bad.csv"
+        bad.write_text("a,b\n1,2\n")
+        write_report(bad, tmp_path / "x.html")
+    assert "<h1>" in render(__import__("pandas").read_csv(csv), {})
+
+
+def test_report_cli_errors_cleanly(tmp_path, capsys) -> None:
+    assert main(["report", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r.html")]) == 2
+    assert "does not exist" in capsys.readouterr().err
