@@ -180,17 +180,22 @@ def _model_picker() -> LoadedModel:
     with st.sidebar.expander("Other models", expanded=False):
         for p in others:
             st.caption(f"**{p.name}** ({p.params}, {p.licence}): {p.install or 'needs the hub (not reachable here)'}")
-    good = st.session_state.get("_good_model", DEFAULT_MODEL)
-    if not name:
-        return _model(good)
+    return _load_or_keep("model", _model, (name,) if name else None, DEFAULT_MODEL)
+
+
+def _load_or_keep(what: str, load: Callable, args: tuple | None, default: str):
+    """``load(*args)``, remembered as the last good choice; on a problem, say so and keep the last good one."""
+    good = st.session_state.get(f"_good_{what}", (default,))
+    if args is None:
+        return load(*good)
     try:
-        lm = _model(name)
+        value = load(*args)
     except UserError as err:
-        st.sidebar.error(f"{err}. Still showing {good}.")
-        return _model(good)
-    st.session_state["_good_model"] = name
-    st.session_state["model_choice"] = name
-    return lm
+        st.sidebar.error(f"{err}. Still showing {good[0]}.")
+        return load(*good)
+    st.session_state[f"_good_{what}"] = args
+    st.session_state[f"{what}_choice"] = args[0]
+    return value
 
 
 def _dataset_picker() -> Dataset:
@@ -200,11 +205,8 @@ def _dataset_picker() -> Dataset:
         st.session_state["data_path"] = chosen
         chosen = OWN_FILE
     pick = st.sidebar.selectbox("Dataset", choices, index=choices.index(chosen), key="dataset_pick")
-    good = st.session_state.get("_good_dataset", DEFAULT_DATASET)
     if pick != OWN_FILE:
-        st.session_state["dataset_choice"] = pick
-        st.session_state["_good_dataset"] = pick
-        return _dataset(pick)
+        return _load_or_keep("dataset", _dataset, (pick,), DEFAULT_DATASET)
     upload = st.sidebar.file_uploader("CSV or JSONL with a text and a label column", type=["csv", "jsonl"],
                                       key="upload")
     path = st.sidebar.text_input("...or the path of such a file", key="data_path").strip()
@@ -218,16 +220,8 @@ def _dataset_picker() -> Dataset:
         target.write_bytes(data)
         path = str(target)
     if not path:
-        st.sidebar.info(f"Upload a file or give a path. Still showing {good}.")
-        return _dataset(good)
-    try:
-        ds = _dataset(path, text_col, label_col)
-    except UserError as err:
-        st.sidebar.error(f"{err}. Still showing {good}.")
-        return _dataset(good)
-    st.session_state["_good_dataset"] = path
-    st.session_state["dataset_choice"] = path
-    return ds
+        st.sidebar.info("Upload a file or give a path; until then the last dataset stays.")
+    return _load_or_keep("dataset", _dataset, (path, text_col, label_col) if path else None, DEFAULT_DATASET)
 
 
 def _keep_key(i: int) -> str:

@@ -32,18 +32,19 @@ def _write_json(obj: dict, target: str) -> None:
 class _Bar:
     """A tqdm progress bar on stderr, fed by the core's (done, total) callbacks."""
 
-    def __init__(self, desc: str) -> None:
+    def __init__(self, desc: str, unit: str = "ex") -> None:
         from tqdm import tqdm
 
         self._tqdm = tqdm
         self.desc = desc
+        self.unit = unit
         self.bar = None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: float, total: int) -> None:
         if self.bar is None:
-            self.bar = self._tqdm(total=total, desc=self.desc, unit="ex", file=sys.stderr, leave=False)
+            self.bar = self._tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, leave=False)
         self.bar.total = total
-        self.bar.n = done
+        self.bar.n = round(done, 2)
         self.bar.refresh()
 
     def close(self) -> None:
@@ -437,14 +438,14 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         raise UserError(f"--max-drop must be between 0 and {lm.num_layers} (got {args.max_drop})")
     cache = ResultCache()
     prompt = _prompt_config(args)
-    bar = _Bar(f"ordering ({args.strategy})")
+    bar = _Bar(f"ordering ({args.strategy})", unit="mask")
     try:
         order = layer_order(lm, ds, strategy, prompt, cache, progress=lambda what, d, t: bar(d, t))
     finally:
         bar.close()
     config = PointConfig(eval=EvalConfig(n=args.n, prompt=prompt, seed=args.seed, val_n=args.val_n),
                          explain=explain, faith_n=max(args.faith_n, 1))
-    bar = _Bar("sweeping")
+    bar = _Bar("sweeping", unit="point")
     try:
         table = sweep(lm, ds, order, args.max_drop, config, cache, progress=lambda what, d, t: bar(d, t))
     finally:

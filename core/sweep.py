@@ -27,8 +27,8 @@ from .models import LoadedModel
 from .prompts import PromptBuilder
 from .pruning import validate_mask
 
-StageProgress = Callable[[str, int, int], None]
-"""(what is running, done, total)."""
+StageProgress = Callable[[str, float, int], None]
+"""(what is running, done, total); a sweep counts done in points, fractions included."""
 
 COLUMNS = ["dropped", "layers", "accuracy", "ece", "adaptive_ece", "mce", "brier", "nll", "temperature",
            "ece_temperature_scaled", "comprehensiveness", "sufficiency", "random_comprehensiveness",
@@ -112,8 +112,8 @@ def sweep(lm: LoadedModel, ds: Dataset, order: Sequence[int], max_drop: int, con
     rows = []
     for k in range(max_drop + 1):
         def step(stage: str, done: int, total: int, k: int = k) -> None:
-            if progress:
-                progress(f"{k} of {max_drop} layers dropped: {stage}", k * total + done, (max_drop + 1) * total)
+            if progress:  # in points: the finished ones plus the running one's share
+                progress(f"{k} of {max_drop} layers dropped: {stage}", k + done / max(total, 1), max_drop + 1)
         row = evaluate_point(lm, ds, order[:k], config, cache, step)
         row["latency_ms"] = 1000 * measure_latency(lm, order[:k], tokens=128, repeats=3) if latency else None
         rows.append(row)
