@@ -276,7 +276,7 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> None:
              delta_color="off")
     b.metric("KV cache saved", f"{e.kv_bytes_saved_per_1k_tokens / 2**20:.1f} MiB",
              f"of {e.kv_bytes_per_1k_tokens / 2**20:.1f} MiB per 1,000 tokens", delta_color="off")
-    if st.sidebar.toggle("Measure latency", key="measure_latency", value=False,
+    if st.sidebar.toggle("Measure latency", key="measure_latency", value=True,
                          help="time a forward pass of 128 tokens with and without the mask (median of 3)"):
         full, pruned = _latency(lm.id, (), lm), _latency(lm.id, drop, lm)
         st.sidebar.metric("forward latency", f"{pruned * 1000:.0f} ms",
