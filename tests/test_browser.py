@@ -126,3 +126,20 @@ def test_toggle_a_layer_in_a_real_browser(server: str, browser) -> None:
           "the explanations view")
     browser.save_screenshot(str(ARTIFACTS / "app-explanations.png"))
     assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
+
+
+def test_the_sweep_report_renders_its_charts_offline(browser, tmp_path) -> None:
+    import pandas as pd
+    from selenium.webdriver.common.by import By
+
+    from core.report import render
+
+    table = pd.DataFrame({"dropped": [0, 1, 2], "layers": ["none", "26", "25,26"], "accuracy": [0.86, 0.87, 0.85],
+                          "ece": [0.17, 0.18, 0.2], "ece_temperature_scaled": [0.07, 0.06, 0.08],
+                          "comprehensiveness": [0.3, 0.25, 0.2], "sufficiency": [0.0, 0.05, 0.1]})
+    page = tmp_path / "report.html"
+    page.write_text(render(table, {"strategy": "similarity"}), encoding="utf-8")
+    browser.get(page.as_uri())  # a file, no server; chromium has no network here
+    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .main-svg")) >= 2, 60,
+          "the report's charts")
+    assert "similarity" in browser.page_source
