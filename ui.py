@@ -58,8 +58,10 @@ class Context:
     image_format: str = "png"
     warnings: list[str] = field(default_factory=list)
 
-    def eval_config(self, drop: tuple[int, ...] | None = None) -> EvalConfig:
-        return EvalConfig(n=self.n, drop=self.drop if drop is None else drop, prompt=self.prompt)
+    def eval_config(self, drop: tuple[int, ...] | None = None, temperature: bool = True) -> EvalConfig:
+        """``temperature=False`` skips the validation examples that temperature scaling is fitted on."""
+        return EvalConfig(n=self.n, drop=self.drop if drop is None else drop, prompt=self.prompt,
+                          val_n=100 if temperature else 0)
 
     def run_config(self) -> dict:
         """The run's configuration, for the JSON download."""
@@ -119,10 +121,11 @@ def progress_bar(text: str) -> tuple[Callable[[int, int], None], Callable[[], No
     return update, bar.empty
 
 
-def evaluate_with_progress(ctx: Context, drop: tuple[int, ...], label: str) -> EvalResult:
+def evaluate_with_progress(ctx: Context, drop: tuple[int, ...], label: str, temperature: bool = True) -> EvalResult:
+    """Evaluate under ``drop`` with a progress bar; without ``temperature``, no validation examples are scored."""
     update, clear = progress_bar(f"Scoring {ctx.n} examples ({label})")
     try:
-        return evaluate(ctx.lm, ctx.ds, ctx.eval_config(drop), ctx.cache, progress=update)
+        return evaluate(ctx.lm, ctx.ds, ctx.eval_config(drop, temperature), ctx.cache, progress=update)
     finally:
         clear()
 

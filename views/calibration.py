@@ -13,8 +13,10 @@ st.caption(f"{ctx.lm.name} on {ctx.ds.name}: {ctx.n} test examples, {ctx.prompt.
            "The confidence is the predicted answer's probability, renormalised over the candidate answers.")
 
 with ui.guard("the calibration view"):
-    full = ui.evaluate_with_progress(ctx, (), "full model")
-    pruned = ui.evaluate_with_progress(ctx, ctx.drop, f"{len(ctx.drop)} layers dropped") if ctx.drop else None
+    # the validation examples that temperature scaling needs are scored only once it is switched on
+    scaled = bool(st.session_state.get("temperature", False))
+    full = ui.evaluate_with_progress(ctx, (), "full model", scaled)
+    pruned = ui.evaluate_with_progress(ctx, ctx.drop, f"{len(ctx.drop)} layers dropped", scaled) if ctx.drop else None
     pruned_name = f"{len(ctx.drop)} attention layers dropped"
     ui.metrics_row(full.metrics, pruned.metrics if pruned else None, ctx.lm.num_layers, len(ctx.drop))
     scaled = st.toggle("Temperature scaling (fitted on 100 validation examples, per mask)", key="temperature",

@@ -16,8 +16,8 @@ st.caption(f"Attributions by {title} over the words of the input (never the prom
            "demonstrations), for the predicted answer. Red supports it, blue opposes it.")
 
 with ui.guard("the explanations view"):
-    full = ui.evaluate_with_progress(ctx, (), "full model")
-    pruned = ui.evaluate_with_progress(ctx, ctx.drop, "pruned model") if ctx.drop else full
+    full = ui.evaluate_with_progress(ctx, (), "full model", temperature=False)
+    pruned = ui.evaluate_with_progress(ctx, ctx.drop, "pruned model", temperature=False) if ctx.drop else full
     fp, pp = full.predictions(), pruned.predictions()
     browse = pd.DataFrame({
         "id": fp["id"], "text": fp["text"], "label": fp["label"],
