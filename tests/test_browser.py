@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parent.parent
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(os.environ.get("PRUNE_EXPLORER_ARTIFACTS", ROOT / "artifacts"))
+SERVER_LOG = ARTIFACTS / "streamlit.log"
 
 
 def _free_port() -> int:
@@ -32,7 +33,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(module_results) -> Iterator[str]:
     port = _free_port()
-    log = open(module_results / "streamlit.log", "w")  # noqa: SIM115 - closed below
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    log = open(SERVER_LOG, "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
@@ -44,7 +46,7 @@ def server(module_results) -> Iterator[str]:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     break
-            assert proc.poll() is None, (module_results / "streamlit.log").read_text()
+            assert proc.poll() is None, SERVER_LOG.read_text()
             time.sleep(0.5)
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -84,6 +86,8 @@ def _metrics(driver) -> dict[str, str]:
 
 
 def _wait(driver, condition, timeout: float, what: str):
+    """Wait for `condition`; on a timeout say what the page showed and what the server logged."""
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
@@ -91,7 +95,11 @@ def _wait(driver, condition, timeout: float, what: str):
     except Exception:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "app-e2e-failure.png"))
-        raise AssertionError(f"timed out waiting for {what}; screenshot in {ARTIFACTS}") from None
+        status = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']")]
+        log = SERVER_LOG.read_text()[-3000:] if SERVER_LOG.exists() else "(no server log)"
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; the page showed metrics "
+                             f"{_metrics(driver)}, status {status}; screenshot in {ARTIFACTS}; "
+                             f"server log:\n{log}") from None
 
 
 def _idle(driver) -> bool:
