@@ -92,18 +92,40 @@ def efficiency(lm: LoadedModel, drop: Sequence[int], context: int = 1000) -> Eff
     )
 
 
-def measure_latency(lm: LoadedModel, drop: Sequence[int], tokens: int = 256, repeats: int = 5) -> float:
-    """Median seconds of one forward pass over ``tokens`` fixed token ids with ``drop`` applied."""
-    drop = validate_mask(drop, lm.num_layers)
+def _fixed_ids(lm: LoadedModel, tokens: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     vocab = lm.model.get_input_embeddings().weight.shape[0]
     n = min(tokens, lm.max_positions)
-    ids = torch.randint(0, vocab, (1, n), generator=generator).to(next(lm.model.parameters()).device)
-    times = []
+    return torch.randint(0, vocab, (1, n), generator=generator).to(next(lm.model.parameters()).device)
+
+
+def _forward_seconds(lm: LoadedModel, ids: torch.Tensor, drop: tuple[int, ...]) -> float:
     with torch.inference_mode(), dropped_attention(lm.model, drop):
-        lm.model.base_model(input_ids=ids)  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            lm.model.base_model(input_ids=ids)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        start = time.perf_counter()
+        lm.model.base_model(input_ids=ids)
+        return time.perf_counter() - start
+
+
+def measure_latency(lm: LoadedModel, drop: Sequence[int], tokens: int = 256, repeats: int = 5) -> float:
+    """Median seconds of one forward pass over ``tokens`` fixed token ids with ``drop`` applied."""
+    drop = validate_mask(drop, lm.num_layers)
+    ids = _fixed_ids(lm, tokens)
+    _forward_seconds(lm, ids, drop)  # warm-up
+    return statistics.median(_forward_seconds(lm, ids, drop) for _ in range(repeats))
+
+
+def compare_latency(lm: LoadedModel, drop: Sequence[int], tokens: int = 256,
+                    repeats: int = 5) -> tuple[float, float]:
+    """Median seconds of a forward pass of the full model and with ``drop`` applied, timed in turns.
+
+    Alternating the two puts them under the same load, so their ratio holds on a busy machine,
+    where two separate measurements taken minutes apart can differ by a factor of three.
+    """
+    drop = validate_mask(drop, lm.num_layers)
+    ids = _fixed_ids(lm, tokens)
+    _forward_seconds(lm, ids, ())  # warm-up
+    full, pruned = [], []
+    for _ in range(repeats):
+        full.append(_forward_seconds(lm, ids, ()))
+        pruned.append(_forward_seconds(lm, ids, drop))
+    return statistics.median(full), statistics.median(pruned)

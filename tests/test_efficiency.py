@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from tiny_models import tiny_loaded
 
-from core.efficiency import efficiency, measure_latency
+from core import efficiency as eff
+from core.efficiency import compare_latency, efficiency, measure_latency
 from core.errors import UserError
 
 # tiny llama: hidden 32, 4 heads of 8, 2 kv heads; q 32x32, k 32x16, v 32x16, o 32x32, no biases
@@ -40,3 +41,20 @@ def test_latency_is_measured_and_masks_are_checked() -> None:
     assert measure_latency(lm, (1,), tokens=16, repeats=2) > 0
     with pytest.raises(UserError, match="out of range"):
         efficiency(lm, (9,))
+
+
+def test_full_and_pruned_latency_are_timed_in_turns(monkeypatch) -> None:
+    lm = tiny_loaded("llama")
+    calls = []
+    real = eff._forward_seconds
+
+    def recorded(lm_, ids, drop):
+        calls.append(drop)
+        return real(lm_, ids, drop)
+
+    monkeypatch.setattr(eff, "_forward_seconds", recorded)
+    full, pruned = compare_latency(lm, (1, 0), tokens=16, repeats=3)
+    assert full > 0 and pruned > 0
+    assert calls == [(), (), (0, 1), (), (0, 1), (), (0, 1)]  # a warm-up, then full and pruned alternate
+    with pytest.raises(UserError, match="out of range"):
+        compare_latency(lm, (9,))
