@@ -56,6 +56,7 @@ table {{ border-collapse: collapse; font-size: 0.85rem; margin: 1rem 0; }}
 th, td {{ border: 1px solid #ddd; padding: 0.25rem 0.5rem; text-align: right; }}
 th {{ background: #f5f5f5; }}
 .settings th, .settings td {{ text-align: left; }}
+.scroll {{ overflow-x: auto; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>Each row drops one more attention layer, in the strategy's order. Accuracy and calibration on the
@@ -64,7 +65,7 @@ examples. Lower is better for ECE and sufficiency.</p>
 {parts[0]}
 {parts[1]}
 <h2>Table</h2>
-{table.round(4).to_html(index=False, na_rep="", border=0)}
+<div class="scroll">{table.round(4).to_html(index=False, na_rep="", border=0)}</div>
 <h2>Settings</h2>
 <table class="settings">{rows}</table>
 </body></html>
