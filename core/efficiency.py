@@ -106,14 +106,6 @@ def _forward_seconds(lm: LoadedModel, ids: torch.Tensor, drop: tuple[int, ...]) 
         return time.perf_counter() - start
 
 
-def measure_latency(lm: LoadedModel, drop: Sequence[int], tokens: int = 256, repeats: int = 5) -> float:
-    """Median seconds of one forward pass over ``tokens`` fixed token ids with ``drop`` applied."""
-    drop = validate_mask(drop, lm.num_layers)
-    ids = _fixed_ids(lm, tokens)
-    _forward_seconds(lm, ids, drop)  # warm-up
-    return statistics.median(_forward_seconds(lm, ids, drop) for _ in range(repeats))
-
-
 def compare_latency(lm: LoadedModel, drop: Sequence[int], tokens: int = 256,
                     repeats: int = 5) -> tuple[float, float]:
     """Median seconds of a forward pass of the full model and with ``drop`` applied, timed in turns.

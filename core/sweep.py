@@ -19,7 +19,7 @@ import pandas as pd
 
 from .cache import ResultCache, cache_key
 from .data import Dataset
-from .efficiency import measure_latency
+from .efficiency import compare_latency
 from .errors import UserError
 from .evaluation import EvalConfig, evaluate
 from .explanations import ExplainConfig, Explainer, dataset_faithfulness
@@ -32,7 +32,9 @@ StageProgress = Callable[[str, float, int], None]
 
 COLUMNS = ["dropped", "layers", "accuracy", "ece", "adaptive_ece", "mce", "brier", "nll", "temperature",
            "ece_temperature_scaled", "comprehensiveness", "sufficiency", "random_comprehensiveness",
-           "random_sufficiency", "seconds", "latency_ms"]
+           "random_sufficiency", "seconds", "latency_ms", "latency_full_ms"]
+TIMINGS = ("seconds", "latency_ms", "latency_full_ms")
+"""Measured afresh on each run, never stored with a point."""
 
 
 @dataclass(frozen=True)
@@ -89,14 +91,14 @@ def evaluate_point(lm: LoadedModel, ds: Dataset, drop: Sequence[int], config: Po
 def record_point(lm: LoadedModel, ds: Dataset, config: PointConfig, row: dict, cache: ResultCache) -> None:
     key = _context_key(lm, ds, config)
     points = cache.get(key) or {}
-    points[row["layers"]] = {k: v for k, v in row.items() if k not in ("seconds", "latency_ms")}
+    points[row["layers"]] = {k: v for k, v in row.items() if k not in TIMINGS}
     cache.put(key, points)
 
 
 def points(lm: LoadedModel, ds: Dataset, config: PointConfig, cache: ResultCache) -> pd.DataFrame:
     """Every mask evaluated so far in this context, one row each (`COLUMNS` less the timings)."""
     stored = cache.get(_context_key(lm, ds, config)) or {}
-    table = pd.DataFrame(list(stored.values()), columns=[c for c in COLUMNS if c not in ("seconds", "latency_ms")])
+    table = pd.DataFrame(list(stored.values()), columns=[c for c in COLUMNS if c not in TIMINGS])
     return table.sort_values(["dropped", "layers"]).reset_index(drop=True)
 
 
@@ -105,7 +107,8 @@ def sweep(lm: LoadedModel, ds: Dataset, order: Sequence[int], max_drop: int, con
           latency: bool = True) -> pd.DataFrame:
     """Drop the first 0, 1, ..., ``max_drop`` layers of ``order`` in turn: one row per step.
 
-    ``latency_ms`` is measured afresh (never cached): a forward pass over 128 tokens, median of 3.
+    ``latency_ms`` is measured afresh (never cached): a forward pass over 128 tokens, median of 3,
+    timed in turns with the full model's (``latency_full_ms``) so that their ratio holds under load.
     """
     if not 0 <= max_drop <= len(order):
         raise UserError(f"the number of layers to drop must be between 0 and {len(order)} (got {max_drop})")
@@ -115,6 +118,8 @@ def sweep(lm: LoadedModel, ds: Dataset, order: Sequence[int], max_drop: int, con
             if progress:  # in points: the finished ones plus the running one's share
                 progress(f"{k} of {max_drop} layers dropped: {stage}", k + done / max(total, 1), max_drop + 1)
         row = evaluate_point(lm, ds, order[:k], config, cache, step)
-        row["latency_ms"] = 1000 * measure_latency(lm, order[:k], tokens=128, repeats=3) if latency else None
+        if latency:
+            full, pruned = compare_latency(lm, order[:k], tokens=128, repeats=3)
+            row["latency_ms"], row["latency_full_ms"] = 1000 * pruned, 1000 * full
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -6,7 +6,7 @@ import pytest
 from tiny_models import tiny_loaded
 
 from core import efficiency as eff
-from core.efficiency import compare_latency, efficiency, measure_latency
+from core.efficiency import compare_latency, efficiency
 from core.errors import UserError
 
 # tiny llama: hidden 32, 4 heads of 8, 2 kv heads; q 32x32, k 32x16, v 32x16, o 32x32, no biases
@@ -36,9 +36,8 @@ def test_sliding_window_layers_hold_at_most_their_window() -> None:
     assert e.kv_bytes_per_1k_tokens == per_token * (4 + 1000 + 4 + 1000)
 
 
-def test_latency_is_measured_and_masks_are_checked() -> None:
+def test_masks_are_checked() -> None:
     lm = tiny_loaded("llama")
-    assert measure_latency(lm, (1,), tokens=16, repeats=2) > 0
     with pytest.raises(UserError, match="out of range"):
         efficiency(lm, (9,))
 

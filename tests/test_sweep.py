@@ -31,6 +31,7 @@ def test_a_sweep_has_one_row_per_step_and_resumes_from_the_cache(tmp_path) -> No
     assert list(table.columns) == COLUMNS and list(table["dropped"]) == [0, 1, 2]
     assert list(table["layers"]) == ["none", "2", "0,2"]
     assert table[["accuracy", "ece", "comprehensiveness", "random_sufficiency"]].notna().all().all()
+    assert (table[["latency_ms", "latency_full_ms"]] > 0).all().all()
     entries = cache.info()["entries"]
     again = sweep(lm, ds, [2, 0, 3, 1], 2, _config(), cache)
     assert cache.info()["entries"] == entries  # nothing new was computed
