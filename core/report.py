@@ -28,15 +28,31 @@ def _calibration_repair(table: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def check_sweep_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """``table`` if it is a sweep table (numbers of layers dropped with their metrics), else a clear error."""
+    missing = [c for c in ("dropped", "accuracy", "ece") if c not in table]
+    if missing:
+        raise UserError(f"{source} is not a sweep table: no column {', '.join(repr(c) for c in missing)} "
+                        "(write one with `python -m core sweep ... --out sweep.csv`)")
+    if not pd.api.types.is_numeric_dtype(table["dropped"]):
+        raise UserError(f"{source} is not a sweep table: 'dropped' must hold numbers of layers")
+    return table.sort_values("dropped").reset_index(drop=True)
+
+
+def sweep_order(table: pd.DataFrame) -> list[int]:
+    """The layers in the order a sweep table dropped them (each row's ``layers`` adds one)."""
+    order: list[int] = []
+    for layers in table.sort_values("dropped").get("layers", pd.Series(dtype=str)).astype(str):
+        order += [int(x) for x in layers.split(",") if x.strip().isdigit() and int(x) not in order]
+    return order
+
+
 def read_sweep(path: str | Path) -> tuple[pd.DataFrame, dict]:
     """A sweep CSV and, if it is there, its settings file (``<csv>.json``)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"sweep file '{path}' does not exist")
-    table = pd.read_csv(path)
-    missing = [c for c in ("dropped", "accuracy", "ece") if c not in table]
-    if missing:
-        raise UserError(f"'{path}' is not a sweep table: no column {', '.join(repr(c) for c in missing)}")
+    table = check_sweep_table(pd.read_csv(path), f"'{path}'")
     settings_path = path.with_name(path.name + ".json")
     settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.exists() else {}
     return table, settings

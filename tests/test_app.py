@@ -91,3 +91,17 @@ def test_tradeoffs_evaluates_the_current_mask_into_the_scatter(app: AppTest) -> 
     assert not app.exception and not _errors(app)
     tables = [d.value for d in app.main.dataframe]
     assert any("26" in set(t.get("mask", [])) for t in tables), tables
+
+
+def test_tradeoffs_opens_a_sweep_table_from_the_command_line(app: AppTest) -> None:
+    app.switch_page("views/tradeoffs.py").run()
+    app.file_uploader(key="sweep_upload").upload("bad.csv", b"a,b\n1,2\n", "text/csv").run()
+    assert not app.exception
+    assert any("is not a sweep table" in e and "'dropped'" in e for e in _errors(app)), _errors(app)
+    sweep_csv = (b"dropped,layers,accuracy,ece,comprehensiveness\n0,none,0.865,0.168,0.17\n"
+                 b"1,26,0.87,0.17,0.147\n2,\"25,26\",0.875,0.176,0.151\n")
+    app.file_uploader(key="sweep_upload").upload("similarity.csv", sweep_csv, "text/csv").run()
+    assert not app.exception and not _errors(app)
+    assert any("similarity.csv" in c.value for c in app.caption)
+    tables = [d.value for d in app.main.dataframe]
+    assert any(list(t.get("accuracy", [])) == [0.865, 0.87, 0.875] for t in tables), tables

@@ -17,7 +17,7 @@ from core.errors import UserError
 from core.evaluation import score_cached
 from core.importance import compute_scores
 from core.prompts import PromptBuilder, PromptConfig
-from core.report import render, write_report
+from core.report import check_sweep_table, render, sweep_order, write_report
 from core.strategies import STRATEGIES, StrategyConfig, greedy_order, js_divergence, layer_order
 
 ROWS = [{"text": t, "label": lab} for t, lab in [
@@ -118,3 +118,17 @@ def test_report_is_self_contained_and_works_offline(tmp_path) -> None:
 def test_report_cli_errors_cleanly(tmp_path, capsys) -> None:
     assert main(["report", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "r.html")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_sweep_tables_are_checked_and_their_order_recovered() -> None:
+    import pandas as pd
+
+    table = pd.DataFrame({"dropped": [2, 0, 1], "layers": ["7,25", "none", "7"], "accuracy": [0.8, 0.86, 0.81],
+                          "ece": [0.1, 0.17, 0.13]})
+    checked = check_sweep_table(table, "t")
+    assert list(checked["dropped"]) == [0, 1, 2]
+    assert sweep_order(checked) == [7, 25]
+    with pytest.raises(UserError, match="no column 'ece'"):
+        check_sweep_table(table.drop(columns="ece"), "t")
+    with pytest.raises(UserError, match="numbers of layers"):
+        check_sweep_table(table.assign(dropped=["a", "b", "c"]), "t")

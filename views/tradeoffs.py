@@ -1,9 +1,12 @@
 """Trade-offs: metrics against the number of attention layers dropped, and accuracy against faithfulness."""
 
+import pandas as pd
 import streamlit as st
 
 import ui
+from core.errors import UserError
 from core.figures import pareto_scatter, tradeoff_curves
+from core.report import check_sweep_table, sweep_order
 from core.strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig, layer_order
 from core.sweep import PointConfig, evaluate_point, mask_label, points, sweep
 
@@ -44,14 +47,32 @@ with ui.guard("the trade-offs view"):
         bar.empty()
         st.session_state["sweep_table"] = result
         st.session_state["sweep_order"] = order
+        st.session_state["sweep_source"] = f"{name}, run here"
     if st.button(f"Evaluate the current mask ({current})", key="eval_current"):
         update, clear = ui.progress_bar("current mask")
         evaluate_point(ctx.lm, ctx.ds, ctx.drop, config, ctx.cache, lambda what, d, t: update(d, t))
         clear()
 
+    with st.expander("Open a sweep table written by `python -m core sweep`"):
+        uploaded = st.file_uploader("sweep CSV", type=["csv"], key="sweep_upload")
+        if uploaded is not None and st.session_state.get("sweep_file") != uploaded.file_id:
+            st.session_state["sweep_file"] = uploaded.file_id
+            try:
+                loaded = check_sweep_table(pd.read_csv(uploaded), f"'{uploaded.name}'")
+            except UserError as err:
+                st.error(f"{err}. The curves below are unchanged.")
+            except (ValueError, UnicodeDecodeError) as err:  # pandas' parser errors are ValueErrors
+                st.error(f"'{uploaded.name}' could not be read as CSV ({err}). The curves below are unchanged.")
+            else:
+                st.session_state.update(sweep_table=loaded, sweep_order=sweep_order(loaded),
+                                        sweep_source=uploaded.name)
+        st.caption("Its curves and table are drawn below, with the current mask marked if it is one of its "
+                   "steps, until the next sweep is run here.")
+
     table = st.session_state.get("sweep_table")
     order = st.session_state.get("sweep_order", ctx.scores.order)
     if table is not None:
+        st.caption(f"Sweep: {st.session_state.get('sweep_source', '')}")
         prefix = [len(ctx.drop)] if sorted(order[: len(ctx.drop)]) == sorted(ctx.drop) else []
         ui.chart(tradeoff_curves(table, current=prefix[0] if prefix else None), "tradeoff-curves", ctx)
         ui.table(table.round(4), "sweep", hide_index=True)
