@@ -39,14 +39,6 @@ def check_sweep_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
     return table.sort_values("dropped").reset_index(drop=True)
 
 
-def sweep_order(table: pd.DataFrame) -> list[int]:
-    """The layers in the order a sweep table dropped them (each row's ``layers`` adds one)."""
-    order: list[int] = []
-    for layers in table.sort_values("dropped").get("layers", pd.Series(dtype=str)).astype(str):
-        order += [int(x) for x in layers.split(",") if x.strip().isdigit() and int(x) not in order]
-    return order
-
-
 def read_sweep(path: str | Path) -> tuple[pd.DataFrame, dict]:
     """A sweep CSV and, if it is there, its settings file (``<csv>.json``)."""
     path = Path(path)

@@ -25,7 +25,7 @@ from .evaluation import EvalConfig, evaluate
 from .explanations import ExplainConfig, Explainer, dataset_faithfulness
 from .models import LoadedModel
 from .prompts import PromptBuilder
-from .pruning import validate_mask
+from .pruning import parse_layer_list, validate_mask
 
 StageProgress = Callable[[str, float, int], None]
 """(what is running, done, total); a sweep counts done in points, fractions included."""
@@ -47,6 +47,17 @@ class PointConfig:
 
 def mask_label(drop: Sequence[int]) -> str:
     return "none" if not drop else ",".join(map(str, sorted(drop)))
+
+
+def sweep_order(table: pd.DataFrame) -> list[int]:
+    """The layers in the order a sweep table dropped them: the inverse of `mask_label` over its rows.
+
+    Labels are sorted, so the order is read from what each row adds to the one before.
+    """
+    order: list[int] = []
+    for label in table.sort_values("dropped").get("layers", pd.Series(dtype=str)).astype(str):
+        order += [int(x) for x in parse_layer_list(label) if x.isdigit() and int(x) not in order]
+    return order
 
 
 def _context_key(lm: LoadedModel, ds: Dataset, config: PointConfig) -> str:

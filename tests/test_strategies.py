@@ -17,8 +17,9 @@ from core.errors import UserError
 from core.evaluation import score_cached
 from core.importance import compute_scores
 from core.prompts import PromptBuilder, PromptConfig
-from core.report import check_sweep_table, render, sweep_order, write_report
+from core.report import check_sweep_table, render, write_report
 from core.strategies import STRATEGIES, StrategyConfig, greedy_order, js_divergence, layer_order
+from core.sweep import sweep_order
 
 ROWS = [{"text": t, "label": lab} for t, lab in [
     ("the film is good", "positive"), ("a bad and boring movie", "negative"), ("I loved it", "positive"),
