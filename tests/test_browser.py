@@ -86,20 +86,28 @@ def _metrics(driver) -> dict[str, str]:
 
 
 def _wait(driver, condition, timeout: float, what: str):
-    """Wait for `condition`; on a timeout say what the page showed and what the server logged."""
-    from selenium.webdriver.common.by import By
+    """Wait for `condition`; on a timeout say what the page showed and what the server logged.
+
+    Streamlit replaces elements while a script reruns, so an element found a moment ago can be stale
+    by the time it is read: that is a reason to poll again, not a failure.
+    """
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    transient = (NoSuchElementException, StaleElementReferenceException)
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.5).until(lambda d: condition(d))
-    except Exception:
+        return WebDriverWait(driver, timeout, poll_frequency=0.5, ignored_exceptions=transient).until(
+            lambda d: condition(d))
+    except TimeoutException:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(ARTIFACTS / "app-e2e-failure.png"))
-        status = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']")]
+        try:
+            shown = f"metrics {_metrics(driver)}, {'running' if not _idle(driver) else 'idle'}"
+        except transient:
+            shown = "a page being redrawn"
         log = SERVER_LOG.read_text()[-3000:] if SERVER_LOG.exists() else "(no server log)"
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; the page showed metrics "
-                             f"{_metrics(driver)}, status {status}; screenshot in {ARTIFACTS}; "
-                             f"server log:\n{log}") from None
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; the page showed {shown}; "
+                             f"screenshot in {ARTIFACTS}; server log:\n{log}") from None
 
 
 def _idle(driver) -> bool:
