@@ -13,6 +13,12 @@ What "dropping the attention of layer i" means (He et al. 2024):
   that is ``h + mlp(ln2(h))``, the same formula as the sequential case.
 * post-LN OPT (``do_layer_norm_before=False``, opt-350m): the attention block is
   ``LN(h + attn(h))``; skipping it passes ``h`` through unchanged, the LayerNorm included.
+* post-LN BERT encoders (all-MiniLM-L6-v2): ``BertAttention`` is the whole block
+  ``LN(h + dense(self_attn(h)))``; skipping it passes ``h`` through unchanged, its LayerNorm
+  included, and the layer computes only its feed-forward block ``LN(h + dense(act(W h)))``
+  (``BertOutput(BertIntermediate(h), h)``). There is no KV cache in an encoder.
+
+Attribute names may be dotted (``output.LayerNorm``) to reach into a submodule.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ class ArchSpec:
     family: str
     model_types: tuple[str, ...]
     layers: str
-    """Dotted path from the causal-LM module to the ``ModuleList`` of decoder layers."""
+    """Dotted path from the loaded model (causal LM, or bare encoder) to the ``ModuleList`` of layers."""
     attention: str
     """Attribute of a layer holding its self-attention module."""
     ffn: tuple[str, ...]
@@ -45,6 +51,8 @@ class ArchSpec:
     """Post-LN only: the module whose output is the residual stream after the attention block."""
     prefix_cache: bool = True
     """Whether a shared prompt prefix can be reused through the KV cache."""
+    encoder: bool = False
+    """A bidirectional encoder with no LM head: it answers through a trained classifier head."""
 
     def resolve(self, config: object) -> ArchSpec:
         """Return the variant that matches a concrete config (post-LN OPT differs from pre-LN OPT)."""
@@ -59,29 +67,39 @@ class ArchSpec:
 
     def layer_list(self, model: nn.Module) -> nn.ModuleList:
         """The decoder layers of ``model``."""
-        obj: object = model
-        for part in self.layers.split("."):
-            obj = getattr(obj, part)
+        obj = submodule(model, self.layers)
         if not isinstance(obj, nn.ModuleList):
             raise TypeError(f"{self.layers} is not a ModuleList in {type(model).__name__}")
         return obj
 
     def attention_module(self, layer: nn.Module) -> nn.Module:
-        return getattr(layer, self.attention)
+        return submodule(layer, self.attention)
 
     def branch_output_module(self, layer: nn.Module) -> nn.Module:
         """The module whose output is the attention branch (added to the residual)."""
-        return getattr(layer, self.attn_post_norm or self.attention)
+        return submodule(layer, self.attn_post_norm or self.attention)
+
+    def block_output_module(self, layer: nn.Module) -> nn.Module | None:
+        """Post-LN only: the module whose output is the residual stream after the attention block."""
+        return submodule(layer, self.attn_block_out) if self.attn_block_out else None
 
     def mlp_only(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """What ``layer`` computes on ``hidden`` when its attention branch is skipped."""
         out = hidden
         for name in self.ffn:
-            out = getattr(layer, name)(out)
+            out = submodule(layer, name)(out)
         out = hidden + out
         if self.ffn_post_norm is not None:
-            out = getattr(layer, self.ffn_post_norm)(out)
+            out = submodule(layer, self.ffn_post_norm)(out)
         return out
+
+
+def submodule(module: nn.Module, dotted: str) -> nn.Module:
+    """``module.a.b`` for ``"a.b"``."""
+    obj = module
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 _LLAMA_LIKE = dict(layers="model.layers", attention="self_attn", ffn=("post_attention_layernorm", "mlp"))
@@ -122,6 +140,17 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
         attention="self_attn",
         ffn=("final_layer_norm", "fc1", "activation_fn", "fc2"),
     ),
+    ArchSpec(
+        "bert",
+        ("bert",),
+        layers="encoder.layer",
+        attention="attention",
+        ffn=("intermediate", "output.dense", "output.dropout"),
+        ffn_post_norm="output.LayerNorm",
+        attn_block_out="attention",
+        prefix_cache=False,
+        encoder=True,
+    ),
 )
 
 _BY_MODEL_TYPE = {mt: spec for spec in ARCHITECTURES for mt in spec.model_types}
@@ -141,6 +170,14 @@ def spec_for_config(config: object) -> ArchSpec:
             + ", ".join(supported_model_types())
         )
     return spec.resolve(config)
+
+
+def spec_for_family(family: str) -> ArchSpec:
+    """The table entry of a family name (as the model presets give it)."""
+    for spec in ARCHITECTURES:
+        if spec.family == family:
+            return spec
+    raise UserError(f"unknown model family '{family}'; known: {', '.join(s.family for s in ARCHITECTURES)}")
 
 
 def spec_for_model(model: nn.Module) -> ArchSpec:

@@ -73,16 +73,23 @@ def efficiency(lm: LoadedModel, drop: Sequence[int], context: int = 1000) -> Eff
     heads, kv_heads, head_dim = _attention_shape(config)
     total = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight.numel()
-    head = model.get_output_embeddings().weight
-    tied = head.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    # every weight matrix a token passes through: the body, and the output layer (shared or not)
-    matmul_params = total - embedding + head.numel() if tied else total - embedding
+    out = model.get_output_embeddings()
+    # every weight matrix a token passes through: the body, and the output layer (shared or not);
+    # an encoder has no output layer (its classifier head is a few thousand weights, left out)
+    if out is None:
+        matmul_params = total - embedding
+    elif out.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr():
+        matmul_params = total - embedding + out.weight.numel()
+    else:
+        matmul_params = total - embedding
     attended = [_tokens_attended(config, i, context) for i in range(lm.num_layers)]
     scores = [4 * heads * head_dim * t for t in attended]
     flops = 2.0 * matmul_params + sum(scores)
     saved_params = attention_param_count(model, drop)
     bytes_per = next(model.parameters()).element_size()
-    kv_1k = [2 * kv_heads * head_dim * bytes_per * _tokens_attended(config, i, 1000) for i in range(lm.num_layers)]
+    # an encoder reads its whole input at once and keeps no KV cache
+    kv_1k = [0 if lm.spec.encoder else 2 * kv_heads * head_dim * bytes_per * _tokens_attended(config, i, 1000)
+             for i in range(lm.num_layers)]
     return Efficiency(
         layers=lm.num_layers, layers_kept=lm.num_layers - len(drop), parameters=total,
         parameters_saved=saved_params, flops_per_token=flops,

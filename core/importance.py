@@ -88,12 +88,7 @@ def compute_scores(
     hooks = []
     for i, layer in enumerate(layers):
         hooks.append(layer.register_forward_pre_hook(make_pre(i), with_kwargs=True))
-        if method == "block":
-            out_mod = layer
-        elif spec.attn_block_out:
-            out_mod = getattr(layer, spec.attn_block_out)
-        else:
-            out_mod = spec.branch_output_module(layer)
+        out_mod = layer if method == "block" else spec.block_output_module(layer) or spec.branch_output_module(layer)
         hooks.append(out_mod.register_forward_hook(make_post(i)))
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0

@@ -171,6 +171,6 @@ def attention_param_count(model: nn.Module, layers: Iterable[int]) -> int:
         layer = layer_list[idx]
         mods = [spec.attention_module(layer)]
         if spec.attn_post_norm:
-            mods.append(getattr(layer, spec.attn_post_norm))
+            mods.append(spec.branch_output_module(layer))
         total += sum(p.numel() for m in mods for p in m.parameters())
     return total

@@ -79,3 +79,41 @@ def tiny_loaded(family: str = "llama", seed: int = 0):
     model = tiny_model(family, seed)
     assert len(tok) <= model.config.vocab_size, len(tok)
     return wrap_model(f"tiny-{family}", model, tok)
+
+
+def tiny_bert(seed: int = 0) -> torch.nn.Module:
+    """A tiny post-LN BERT encoder (no LM head), random weights with non-identity LayerNorms."""
+    torch.manual_seed(seed)
+    config = tf.BertConfig(vocab_size=320, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                           num_attention_heads=4, max_position_embeddings=128, pad_token_id=0)
+    model = tf.AutoModel.from_config(config, add_pooling_layer=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
+def tiny_wordpiece_tokenizer():
+    """A small uncased WordPiece tokenizer with [PAD] [UNK] [CLS] [SEP], trained in memory."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]"])
+    tok.train_from_iterator(_CORPUS * 5, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]")
+
+
+def tiny_bert_loaded(seed: int = 0):
+    """A tiny BERT encoder wrapped as a `LoadedModel` (task 'classifier'), with a WordPiece tokenizer."""
+    from core.models import wrap_model
+
+    tok = tiny_wordpiece_tokenizer()
+    model = tiny_bert(seed)
+    assert len(tok) <= model.config.vocab_size, len(tok)
+    return wrap_model("tiny-bert", model, tok)
