@@ -80,6 +80,8 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
 def _add_mask_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-attn", default="", help="attention layers to drop, e.g. 25,26,29")
     p.add_argument("--drop-k", type=int, default=None, help="drop the k most redundant attention layers")
+    p.add_argument("--refit-head", action="store_true",
+                   help="encoder classifiers: fit the head on the pruned encoder (default: the full one, frozen)")
 
 
 def _add_explainer_args(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -161,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", type=int, default=None,
                    help="greedy strategies: most redundant remaining layers tried per step (default: all)")
     p.add_argument("--weights", default="1,1,1", help="trust-greedy: weights of accuracy, ECE, comprehensiveness")
+    p.add_argument("--refit-head", action="store_true",
+                   help="encoder classifiers: re-fit the head on each pruned encoder")
     _add_prompt_args(p)
     _add_explainer_args(p, default="occlusion")
     p.add_argument("--out", required=True, metavar="PATH.csv", help="the table; settings go to PATH.csv.json")
@@ -191,8 +195,9 @@ def _cmd_models(args: argparse.Namespace) -> None:
         return
     for r in rows:
         r["offline"] = "yes" if r["offline"] else ("no: " + r["install"] if r["install"] else "no (hub)")
-        r["name"] = str(r["name"]) + (" (default)" if r["default"] else "")
-    _print_table(rows, ["name", "family", "size", "kind", "licence", "offline", "source"])
+        r["name"] = str(r["name"]) + (" (default)" if r["default"] else "") + (" (opt-in)" if r["opt_in"] else "")
+    _print_table(rows, ["name", "family", "size", "task", "download", "licence", "offline"])
+    print("opt-in models are not part of the default setup: installing one accepts its licence terms")
 
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
@@ -244,10 +249,10 @@ def _explain_config(args: argparse.Namespace):
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .cache import ResultCache
+    from .classifier import builder_for
     from .evaluation import EvalConfig, evaluate
     from .explanations import Explainer, dataset_faithfulness
     from .models import load_model
-    from .prompts import PromptBuilder
 
     explain_config = _explain_config(args) if args.faithfulness else None
     if args.faithfulness_n is not None and args.faithfulness_n < 1:
@@ -259,7 +264,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     config = EvalConfig(
         n=args.n, split=args.split, drop=tuple(drop), prompt=_prompt_config(args),
         seed=args.seed, balanced=args.balanced, n_bins=args.bins, val_n=args.val_n,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, refit_head=args.refit_head,
     )
     bar = _Bar("scoring")
     try:
@@ -272,7 +277,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     predictions = result.predictions()
     faith = None
     if explain_config is not None:
-        builder = PromptBuilder(lm.tokenizer, ds, config.prompt, lm.has_chat_template, lm.max_positions)
+        builder = builder_for(lm, ds, config.prompt, cache, drop, args.refit_head)
         explainer = Explainer(lm, ds, builder, args.split, drop, explain_config, cache)
         examples = result.examples[: args.faithfulness_n]
         bar = _Bar(f"explaining ({explain_config.explainer})")
@@ -319,9 +324,9 @@ def _explanation_json(a, builder, faith) -> dict:
 def _cmd_explain(args: argparse.Namespace) -> None:
     from .agreement import agreement
     from .cache import ResultCache
+    from .classifier import builder_for
     from .explanations import Explainer, pick_example
     from .models import load_model
-    from .prompts import PromptBuilder
 
     config = _explain_config(args)
     lm = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
@@ -329,7 +334,7 @@ def _cmd_explain(args: argparse.Namespace) -> None:
     example = pick_example(ds, args.split, args.example)
     drop = _drop(args, lm, ds)
     cache = None if args.no_cache else ResultCache()
-    builder = PromptBuilder(lm.tokenizer, ds, _prompt_config(args), lm.has_chat_template, lm.max_positions)
+    prompt = _prompt_config(args)
     out: dict = {"model": lm.name, "dataset": ds.name, "split": args.split, "example": args.example,
                  "id": example.id, "text": example.text, "label": ds.label_names[example.label],
                  "dropped_attention_layers": drop}
@@ -337,6 +342,7 @@ def _cmd_explain(args: argparse.Namespace) -> None:
     runs = {"explanation": drop, "full_model": []} if drop else {"explanation": []}
     scores = {}
     for field, mask in runs.items():
+        builder = builder_for(lm, ds, prompt, cache, mask, args.refit_head)
         explainer = Explainer(lm, ds, builder, args.split, mask, config, cache)
         a, hit = explainer.explain(example)
         faith = explainer.faithfulness([example], [a])[0]
@@ -443,7 +449,8 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         order = layer_order(lm, ds, strategy, prompt, cache, progress=lambda what, d, t: bar(d, t))
     finally:
         bar.close()
-    config = PointConfig(eval=EvalConfig(n=args.n, prompt=prompt, seed=args.seed, val_n=args.val_n),
+    config = PointConfig(eval=EvalConfig(n=args.n, prompt=prompt, seed=args.seed, val_n=args.val_n,
+                                         refit_head=args.refit_head),
                          explain=explain, faith_n=max(args.faith_n, 1))
     bar = _Bar("sweeping", unit="point")
     try:
@@ -455,7 +462,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
                 "n": args.n, "val_n": args.val_n, "prompt": asdict(prompt),
                 "explainer": explain.explainer if explain else None,
                 "explainer_params": explain.resolved_params() if explain else None,
-                "faith_n": args.faith_n, "removal": args.removal}
+                "faith_n": args.faith_n, "removal": args.removal, "refit_head": args.refit_head}
     _write_json(settings, args.out + ".json")
     print(table.round(3).to_string(index=False))
     print(f"wrote {args.out} and {args.out}.json")

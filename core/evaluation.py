@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import calibration as cal
 from .cache import ResultCache, cache_key
+from .classifier import ClassifierInput, builder_for
 from .data import Dataset, Example
 from .models import LoadedModel
 from .prompts import PromptBuilder, PromptConfig
@@ -36,6 +37,8 @@ class EvalConfig:
     val_n: int = 100
     """Validation examples for temperature scaling; 0 turns it off."""
     batch_size: int = 16
+    refit_head: bool = False
+    """Encoder classifiers only: fit the head on the pruned encoder instead of the full one."""
 
 
 @dataclass
@@ -111,7 +114,7 @@ class EvalResult:
 
 def score_cached(
     lm: LoadedModel,
-    builder: PromptBuilder,
+    builder: PromptBuilder | ClassifierInput,
     dataset: Dataset,
     split: str,
     examples: Sequence[Example],
@@ -143,7 +146,7 @@ def evaluate(
 ) -> EvalResult:
     start = time.perf_counter()
     drop = validate_mask(config.drop, lm.num_layers)
-    builder = PromptBuilder(lm.tokenizer, dataset, config.prompt, lm.has_chat_template, lm.max_positions)
+    builder = builder_for(lm, dataset, config.prompt, cache, drop, config.refit_head)
     examples, warnings = dataset.sample(config.split, config.n, seed=config.seed, balanced=config.balanced)
     if len(drop) == lm.num_layers:
         warnings.append(f"every attention layer ({lm.num_layers}) is dropped: the model sees no context")

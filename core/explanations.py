@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cache import ResultCache, cache_key
+from .classifier import ClassifierInput
 from .data import Dataset, Example
 from .errors import UserError
 from .explainers import DEFAULT_EXPLAINER, EXPLAINER_VERSION, Attribution, explain, resolve_params
@@ -23,7 +24,7 @@ from .features import GRANULARITIES, Features, replacement_token, text_features
 from .models import LoadedModel
 from .prompts import PromptBuilder
 from .scoring import Progress
-from .targets import LMTarget
+from .targets import make_target
 
 RANDOM = "random"
 
@@ -66,13 +67,13 @@ def pick_example(dataset: Dataset, split: str, index: int) -> Example:
 class Explainer:
     """Explains examples of one data set with one model, prompt and mask, through the cache."""
 
-    def __init__(self, lm: LoadedModel, dataset: Dataset, builder: PromptBuilder, split: str,
+    def __init__(self, lm: LoadedModel, dataset: Dataset, builder: PromptBuilder | ClassifierInput, split: str,
                  drop: Sequence[int] = (), config: ExplainConfig = ExplainConfig(),
                  cache: ResultCache | None = None) -> None:
         config.validate()
         self.lm, self.dataset, self.builder, self.split = lm, dataset, builder, split
         self.config, self.cache = config, cache
-        self.target = LMTarget(lm, builder, drop)
+        self.target = make_target(lm, builder, drop)
         self.drop = self.target.drop
         self.replacement = replacement_token(lm.tokenizer, config.removal)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .classifier import ClassifierInput, classifier_logits
 from .models import LoadedModel
 from .prompts import PromptBuilder, candidate_mask
 from .pruning import active_mask, dropped_attention, expand_cache, new_cache
@@ -51,13 +52,18 @@ class AnswerHead:
 
 def candidate_logits(
     lm: LoadedModel,
-    builder: PromptBuilder,
+    builder: PromptBuilder | ClassifierInput,
     inputs: Sequence[list[int]],
     batch_size: int = 16,
     use_prefix_cache: bool = True,
     progress: Progress | None = None,
 ) -> np.ndarray:
-    """Candidate logits for token-id inputs (text + suffix ids, without the prefix), under the active mask."""
+    """Candidate logits for token-id inputs (text + suffix ids, without the prefix), under the active mask.
+
+    For an encoder classifier these are its head's class logits.
+    """
+    if isinstance(builder, ClassifierInput):
+        return classifier_logits(lm, builder, inputs, batch_size, progress)
     model, base = lm.model, lm.model.base_model
     device = next(model.parameters()).device
     head = AnswerHead(lm, builder.candidate_ids)
@@ -107,7 +113,7 @@ def candidate_logits(
 
 def score_examples(
     lm: LoadedModel,
-    builder: PromptBuilder,
+    builder: PromptBuilder | ClassifierInput,
     examples: Sequence,
     drop: Sequence[int] = (),
     batch_size: int = 16,

@@ -28,13 +28,14 @@ import numpy as np
 
 from . import calibration as cal
 from .cache import ResultCache
+from .classifier import builder_for
 from .data import Dataset
 from .errors import UserError
 from .evaluation import score_cached
 from .explanations import ExplainConfig, Explainer, dataset_faithfulness
 from .importance import attention_scores, calibration_texts
 from .models import LoadedModel
-from .prompts import PromptBuilder, PromptConfig
+from .prompts import PromptConfig
 
 StageProgress = Callable[[str, int, int], None]
 
@@ -94,7 +95,7 @@ class _Judge:
         if not ds.splits.get("validation"):
             raise UserError(f"the greedy strategies need a validation split; '{ds.name}' has none")
         self.lm, self.ds, self.config, self.cache = lm, ds, config, cache
-        self.builder = PromptBuilder(lm.tokenizer, ds, prompt, lm.has_chat_template, lm.max_positions)
+        self.builder = builder_for(lm, ds, prompt, cache)
         self.examples, _ = ds.sample("validation", config.calibration_n, seed=config.seed)
         self.labels = np.array([ex.label for ex in self.examples])
         self.explain = ExplainConfig.make(config.explainer)

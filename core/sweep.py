@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, replace
 import pandas as pd
 
 from .cache import ResultCache, cache_key
+from .classifier import builder_for
 from .data import Dataset
 from .efficiency import compare_latency
 from .errors import UserError
 from .evaluation import EvalConfig, evaluate
 from .explanations import ExplainConfig, Explainer, dataset_faithfulness
 from .models import LoadedModel
-from .prompts import PromptBuilder
 from .pruning import parse_layer_list, validate_mask
 
 StageProgress = Callable[[str, float, int], None]
@@ -68,7 +68,9 @@ def _context_key(lm: LoadedModel, ds: Dataset, config: PointConfig) -> str:
                    "granularity": config.explain.granularity, "removal": config.explain.removal,
                    "k": list(config.explain.k_percents), "n": config.faith_n}
     return cache_key("points", model=lm.id, data=ds.fingerprint, split=e.split, n=e.n, seed=e.seed,
-                     balanced=e.balanced, prompt=asdict(e.prompt), bins=e.n_bins, val_n=e.val_n, explain=explain)
+                     balanced=e.balanced, prompt=asdict(e.prompt), bins=e.n_bins, val_n=e.val_n, explain=explain,
+                     # only when set, so that the points recorded before the option existed stay found
+                     **({"refit_head": True} if e.refit_head else {}))
 
 
 def evaluate_point(lm: LoadedModel, ds: Dataset, drop: Sequence[int], config: PointConfig,
@@ -85,7 +87,7 @@ def evaluate_point(lm: LoadedModel, ds: Dataset, drop: Sequence[int], config: Po
            "comprehensiveness": None, "sufficiency": None, "random_comprehensiveness": None,
            "random_sufficiency": None}
     if config.explain is not None:
-        builder = PromptBuilder(lm.tokenizer, ds, e.prompt, lm.has_chat_template, lm.max_positions)
+        builder = builder_for(lm, ds, e.prompt, cache, drop, e.refit_head)
         explainer = Explainer(lm, ds, builder, e.split, drop, config.explain, cache)
         faith = dataset_faithfulness(explainer, result.examples[: config.faith_n],
                                      progress=(lambda d, t: progress("explaining", d, t)) if progress else None)

@@ -5,8 +5,9 @@ the example offers: the same quantity calibration measures. A target fixes the m
 and the attention mask, so the explanation and its faithfulness are always measured on the same
 (full or pruned) model.
 
-Explainers talk to the `Target` protocol only; `LMTarget` is the causal LM behind a prompt, and the
-tests build a hand-made bag-of-words target whose decisive word is known.
+Explainers talk to the `Target` protocol only; `LMTarget` is the causal LM behind a prompt,
+`ClassifierTarget` an encoder behind its trained head (the class probabilities), and the tests
+build a hand-made bag-of-words target whose decisive word is known. `make_target` picks one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .classifier import ClassifierInput
 from .models import LoadedModel
 from .prompts import PromptBuilder
 from .pruning import dropped_attention, expand_cache, new_cache, validate_mask
@@ -63,7 +65,8 @@ def renormalise_torch(logits: torch.Tensor, n_options: int = 0) -> torch.Tensor:
 class LMTarget:
     """A causal LM behind one prompt, with the attention of ``drop`` skipped on every call."""
 
-    def __init__(self, lm: LoadedModel, builder: PromptBuilder, drop: Sequence[int] = (), batch_size: int = 32) -> None:
+    def __init__(self, lm: LoadedModel, builder: PromptBuilder | ClassifierInput, drop: Sequence[int] = (),
+                 batch_size: int = 32) -> None:
         self.lm, self.builder = lm, builder
         self.drop = validate_mask(drop, lm.num_layers)
         self.n_answers = len(builder.candidate_ids)
@@ -119,3 +122,28 @@ class LMTarget:
                 hidden = base(inputs_embeds=full, position_ids=positions, use_cache=False).last_hidden_state
         logits = AnswerHead(self.lm, self.builder.candidate_ids)(hidden[:, -1])
         return renormalise_torch(logits, n_options)
+
+
+class ClassifierTarget(LMTarget):
+    """An encoder behind its trained head: the class probabilities of ``[CLS] text [SEP]``, mean-pooled.
+
+    `probs` is `LMTarget.probs` (the scorer dispatches on the builder); only the differentiable path
+    differs: an encoder has no prefix cache and reads its answer from the pooled states.
+    """
+
+    builder: ClassifierInput
+
+    def probs_from_embeddings(self, embeds: torch.Tensor, n_options: int = 0) -> torch.Tensor:
+        batch = embeds.shape[0]
+        cls = self.embed(self.builder.prefix_ids).to(embeds.dtype).expand(batch, -1, -1)
+        sep = self.embed(self.builder.suffix_ids).to(embeds.dtype).expand(batch, -1, -1)
+        rows = torch.cat([cls, embeds, sep], dim=1)
+        mask = torch.ones(rows.shape[:2], dtype=torch.long, device=rows.device)
+        with dropped_attention(self.lm.model, self.drop):
+            hidden = self.lm.model(inputs_embeds=rows, attention_mask=mask).last_hidden_state
+        return renormalise_torch(self.builder.head.logits_torch(hidden.float().mean(dim=1)), n_options)
+
+
+def make_target(lm: LoadedModel, builder: PromptBuilder | ClassifierInput, drop: Sequence[int] = ()) -> LMTarget:
+    """The target that explains ``lm``'s answers through ``builder``, with the attention of ``drop`` skipped."""
+    return ClassifierTarget(lm, builder, drop) if isinstance(builder, ClassifierInput) else LMTarget(lm, builder, drop)
