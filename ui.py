@@ -25,6 +25,7 @@ import streamlit as st
 
 from core import calibration as cal
 from core.cache import ResultCache
+from core.classifier import ClassifierInput, builder_for, train_head
 from core.data import DEFAULT_DATASET, EMBEDDED, Dataset, load_dataset
 from core.efficiency import compare_latency, efficiency
 from core.errors import UserError
@@ -32,8 +33,8 @@ from core.evaluation import EvalConfig, EvalResult, evaluate
 from core.explainers import DEFAULT_EXPLAINER, EXPLAINERS
 from core.explanations import ExplainConfig
 from core.importance import ImportanceScores, attention_scores, calibration_texts
-from core.models import DEFAULT_MODEL, PRESETS, LoadedModel, load_model
-from core.prompts import STYLES, PromptConfig
+from core.models import DEFAULT_MODEL, PRESETS, LoadedModel, ModelPreset, load_model
+from core.prompts import STYLES, PromptBuilder, PromptConfig
 from core.pruning import parse_layer_list, validate_mask
 from core.settings import home
 
@@ -57,11 +58,25 @@ class Context:
     cache: ResultCache
     image_format: str = "png"
     warnings: list[str] = field(default_factory=list)
+    refit_head: bool = False
+    """Encoder classifiers: the pruned model's head is re-fitted on the pruned encoder."""
 
     def eval_config(self, drop: tuple[int, ...] | None = None, temperature: bool = True) -> EvalConfig:
         """``temperature=False`` skips the validation examples that temperature scaling is fitted on."""
         return EvalConfig(n=self.n, drop=self.drop if drop is None else drop, prompt=self.prompt,
-                          val_n=100 if temperature else 0)
+                          val_n=100 if temperature else 0, refit_head=self.refit_head)
+
+    def builder(self, drop: tuple[int, ...] = ()) -> PromptBuilder | ClassifierInput:
+        """What turns texts into answers under mask ``drop``: the prompt, or the encoder's head."""
+        return builder_for(self.lm, self.ds, self.prompt, self.cache, drop, self.refit_head)
+
+    @property
+    def answers_by(self) -> str:
+        """How the model answers, in words, for captions."""
+        if self.lm.task != "classifier":
+            return f"{self.prompt.style} prompt"
+        return "a logistic-regression head on the encoder" + (
+            " (re-fitted on each pruned encoder)" if self.refit_head else " (fitted on the full encoder, frozen)")
 
     def run_config(self) -> dict:
         """The run's configuration, for the JSON download."""
@@ -70,7 +85,7 @@ class Context:
                 "dropped_attention_layers": list(self.drop), "explainer": self.explain.explainer,
                 "explainer_params": self.explain.resolved_params(), "granularity": self.explain.granularity,
                 "removal": self.explain.removal, "k_percents": list(self.explain.k_percents),
-                "importance_scores": self.scores.scores}
+                "importance_scores": self.scores.scores, "answers_by": self.answers_by}
 
 
 # ---------------------------------------------------------------- errors
@@ -166,24 +181,68 @@ def write_url(ctx: Context) -> None:
 # ---------------------------------------------------------------- sidebar
 
 
+def _preset_label(p: ModelPreset, offline: bool) -> str:
+    return f"{p.name} · {p.params}" + ("" if offline else " · not installed")
+
+
 def _model_picker() -> LoadedModel:
-    offline = [p.name for p in PRESETS if p.available_offline()]
-    others = [p for p in PRESETS if not p.available_offline()]
-    choices = [*offline, OTHER_MODEL]
+    """The packaged presets (installed or not), then anything else by hub id or folder.
+
+    A preset that is not installed is shown with the command that installs it, as information:
+    the last model that loaded stays in use meanwhile.
+    """
+    packaged = [p for p in PRESETS if p.embedded]
+    offline = {p.name: p.available_offline() for p in PRESETS}
+    by_name = {p.name: p for p in PRESETS}
+    choices = [*(p.name for p in packaged), OTHER_MODEL]
     chosen = st.session_state.get("model_choice", DEFAULT_MODEL)
     if chosen not in choices:
         st.session_state["model_text"] = chosen
         chosen = OTHER_MODEL
-    pick = st.sidebar.selectbox("Model", choices, index=choices.index(chosen), key="model_pick",
-                                help="Presets installed here; or type a hub id or a local folder.")
+    pick = st.sidebar.selectbox(
+        "Model", choices, index=choices.index(chosen), key="model_pick",
+        format_func=lambda n: _preset_label(by_name[n], offline[n]) if n in by_name else n,
+        help="Models that install from package registries and run offline; or a hub id or a local folder.")
     name = pick
     if pick == OTHER_MODEL:
         name = st.sidebar.text_input("Hub id or local folder", key="model_text",
                                      placeholder="org/name or /path/to/model").strip()
-    with st.sidebar.expander("Other models", expanded=False):
-        for p in others:
-            st.caption(f"**{p.name}** ({p.params}, {p.licence}): {p.install or 'needs the hub (not reachable here)'}")
+    elif not offline[pick]:
+        p = by_name[pick]
+        good = st.session_state.get("_good_model", (DEFAULT_MODEL,))[0]
+        st.sidebar.info(f"**{p.name}** ({p.params}, {p.download}; licence: {p.licence}) is not installed here. "
+                        f"Install it with `{p.install}`, then reload this page. Still showing {good}.")
+        name = ""
+    if name in by_name:
+        p = by_name[name]
+        st.sidebar.caption(f"{p.kind} · {p.params} parameters · licence: {p.licence} · runs offline")
+    with st.sidebar.expander("All models", expanded=False):
+        for p in PRESETS:
+            where = "installed, runs offline" if offline[p.name] else (
+                f"install: `{p.install}`" if p.install else "needs the model hub (not in the local cache)")
+            st.caption(f"**{p.name}** ({p.params}, {p.licence}): {where}")
     return _load_or_keep("model", _model, (name,) if name else None, DEFAULT_MODEL)
+
+
+def _head_panel(lm: LoadedModel, ds: Dataset) -> bool:
+    """For an encoder: fit (or fetch from the cache) its head, say what it is, and offer re-fitting after pruning."""
+    slot = st.sidebar.empty()
+    bar: list = []
+
+    def update(done: int, total: int) -> None:  # a bar only when the head is really being fitted
+        if not bar:
+            bar.append(slot.progress(0.0))
+        bar[0].progress(min(done / max(total, 1), 1.0), text=f"Fitting the classifier head (once): {done}/{total}")
+
+    head = train_head(lm, ds, cache=ResultCache(), progress=update)
+    slot.empty()
+    st.sidebar.caption(f"Classifier head: logistic regression on the mean-pooled encoder output, trained on "
+                       f"{head.train_n} {ds.name} train texts (C = {head.c:g} chosen on {head.val_n} "
+                       f"validation texts, where it is right {head.val_accuracy:.0%} of the time).")
+    return st.sidebar.toggle("Prune, then re-fit the head", key="refit_head", value=False,
+                             help="off: the head fitted on the full encoder stays frozen, as in the study; on: the "
+                                  "pruned model gets a head fitted on the pruned encoder (a few seconds per mask), "
+                                  "showing how much of the damage a cheap re-fit repairs")
 
 
 def _load_or_keep(what: str, load: Callable, args: tuple | None, default: str):
@@ -294,9 +353,12 @@ def sidebar() -> Context:
     st.sidebar.title("Attention pruning explorer")
     lm = _model_picker()
     ds = _dataset_picker()
+    refit = _head_panel(lm, ds) if lm.task == "classifier" else False
     with st.sidebar.expander("Prompt, sample and explainer", expanded=False):
-        style = st.selectbox("Prompt style", [s for s in STYLES if s != "chat" or lm.has_chat_template],
-                             index=1, key="prompt_style")
+        style = "few-shot"
+        if lm.task != "classifier":  # an encoder answers through its head; there is no prompt
+            style = st.selectbox("Prompt style", [s for s in STYLES if s != "chat" or lm.has_chat_template],
+                                 index=1, key="prompt_style")
         n = int(st.slider("Examples", 20, 400, 200, step=20, key="n",
                           help="test examples scored for accuracy and calibration"))
         explainer = st.selectbox("Explainer", list(EXPLAINERS), index=list(EXPLAINERS).index(DEFAULT_EXPLAINER),
@@ -311,7 +373,7 @@ def sidebar() -> Context:
     _efficiency_readout(lm, drop)
     explain = ExplainConfig.make(explainer, removal=removal)
     ctx = Context(lm=lm, ds=ds, prompt=PromptConfig(style=style), n=n, explain=explain, drop=drop, scores=scores,
-                  cache=ResultCache(), image_format=image_format)
+                  cache=ResultCache(), image_format=image_format, refit_head=refit)
     try:
         explain.validate()
         ctx.explain = explain

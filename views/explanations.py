@@ -7,7 +7,6 @@ import ui
 from core.agreement import agreement
 from core.explanations import Explainer
 from core.figures import faithfulness_curves, token_heatmap
-from core.prompts import PromptBuilder
 
 ctx = ui.context()
 st.title("Explanations: which words does the model rely on, before and after pruning?")
@@ -56,10 +55,10 @@ with ui.guard("the explanations view"):
     st.caption(f"label **{row['label']}** · full model: **{row['full prediction']}** "
                f"({row['full confidence']:.2f}) · pruned: **{row['pruned prediction']}** "
                f"({row['pruned confidence']:.2f})")
-    builder = PromptBuilder(ctx.lm.tokenizer, ctx.ds, ctx.prompt, ctx.lm.has_chat_template, ctx.lm.max_positions)
+    builder = ctx.builder()
     with st.spinner(f"Explaining with {title} (seconds per model the first time; cached after)..."):
         ex_full = Explainer(ctx.lm, ctx.ds, builder, "test", (), ctx.explain, ctx.cache)
-        ex_pruned = Explainer(ctx.lm, ctx.ds, builder, "test", ctx.drop, ctx.explain, ctx.cache)
+        ex_pruned = Explainer(ctx.lm, ctx.ds, ctx.builder(ctx.drop), "test", ctx.drop, ctx.explain, ctx.cache)
         a_full, _ = ex_full.explain(ex)
         a_pruned, _ = ex_pruned.explain(ex)
         r_full, _ = ex_full.explain(ex, "random")

@@ -7,7 +7,7 @@ from core import calibration as cal
 from core.agreement import agreement
 from core.explanations import Explainer
 from core.figures import importance_bars, reliability_diagram, token_heatmap
-from core.prompts import PromptBuilder
+from core.models import preset
 
 ctx = ui.context()
 st.title("Learn: can a pruned model still be trusted?")
@@ -21,8 +21,10 @@ with ui.guard("the Learn page"):
     fm, pm = full.metrics, pruned.metrics
 
     st.header("1. The task")
+    reads = ("reads a text and answers with one word" if ctx.lm.task != "classifier" else
+             "encodes a text, and a small classifier trained on top of it picks one label")
     st.markdown(
-        f"The model reads a text and answers with one word ({', '.join(ctx.ds.label_names)}). We read the "
+        f"The model {reads} ({', '.join(ctx.ds.label_names)}). We read the "
         "probability it gives each answer, so every prediction comes with a **confidence**. On these "
         f"{full.n} examples it is right **{fm.accuracy:.0%}** of the time.")
 
@@ -44,13 +46,17 @@ with ui.guard("the Learn page"):
             f"A cheap repair is **temperature scaling**: divide the model's scores by one number fitted on "
             f"held-out examples (here T = {full.temperature:.2f}). Accuracy stays {fm.accuracy:.0%}; ECE goes "
             f"from {fm.ece:.3f} to **{full.metrics_temperature_scaled.ece:.3f}**.")
+    gemma = preset("gemma-3-270m")
+    if ctx.lm.name != "gemma-3-270m" and gemma is not None and gemma.available_offline():
+        st.info("Gemma-3-270m is installed here. It is right often but far less sure than it should be: pick "
+                "it in the sidebar to watch temperature scaling repair a badly calibrated model.")
 
     st.header("3. Explanations: which words mattered?")
-    builder = PromptBuilder(ctx.lm.tokenizer, ctx.ds, ctx.prompt, ctx.lm.has_chat_template, ctx.lm.max_positions)
+    builder = ctx.builder()
     ex = min(full.examples[:40], key=lambda e: abs(len(e.text.split()) - 15))
     with st.spinner(f"Explaining one example with {ctx.explain.explainer}..."):
         e_full = Explainer(ctx.lm, ctx.ds, builder, "test", (), ctx.explain, ctx.cache)
-        e_pruned = Explainer(ctx.lm, ctx.ds, builder, "test", drop, ctx.explain, ctx.cache)
+        e_pruned = Explainer(ctx.lm, ctx.ds, ctx.builder(drop), "test", drop, ctx.explain, ctx.cache)
         a_full, _ = e_full.explain(ex)
         a_pruned, _ = e_pruned.explain(ex)
         f_full = e_full.faithfulness([ex], [a_full])[0]
