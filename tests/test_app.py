@@ -12,12 +12,19 @@ APP = str(Path(__file__).parent.parent / "app.py")
 PAGES = ["views/calibration.py", "views/explanations.py", "views/tradeoffs.py", "views/learn.py"]
 
 
-@pytest.fixture()
-def app(module_results) -> AppTest:
+def _new_app(**query: str) -> AppTest:
+    """The app on 40 examples with the cheapest explainer, opened at a URL with ``query``."""
     at = AppTest.from_file(APP, default_timeout=900)
     at.session_state["n"] = 40
     at.session_state["explainer"] = "occlusion"
-    return at.run()
+    for key, value in query.items():
+        at.query_params[key] = value
+    return at
+
+
+@pytest.fixture()
+def app(module_results) -> AppTest:
+    return _new_app().run()
 
 
 def _metrics(at: AppTest) -> dict[str, str]:
@@ -54,11 +61,7 @@ def test_toggling_a_layer_changes_the_metrics_and_the_url(app: AppTest) -> None:
 
 
 def test_the_url_restores_the_mask_and_the_example(module_results) -> None:
-    at = AppTest.from_file(APP, default_timeout=900)
-    at.session_state["n"] = 40
-    at.session_state["explainer"] = "occlusion"
-    at.query_params["drop"] = "3,7"
-    at.run()
+    at = _new_app(drop="3,7").run()
     assert not at.exception
     assert at.toggle(key="keep_3").value is False and at.toggle(key="keep_7").value is False
     assert _metrics(at)["attention layers kept"] == "28 / 30"
@@ -108,11 +111,7 @@ def test_tradeoffs_opens_a_sweep_table_from_the_command_line(app: AppTest) -> No
 
 
 def test_the_encoder_classifier_runs_every_page_with_its_head_and_refit(module_results) -> None:
-    at = AppTest.from_file(APP, default_timeout=900)
-    at.session_state["n"] = 40
-    at.session_state["explainer"] = "occlusion"
-    at.query_params["model"] = "all-minilm-l6-v2"
-    at.run()
+    at = _new_app(model="all-minilm-l6-v2").run()
     assert not at.exception and not _errors(at), _errors(at)
     assert _metrics(at)["attention layers kept"] == "6 / 6"
     assert any("Classifier head: logistic regression" in c.value for c in at.sidebar.caption)
