@@ -328,16 +328,20 @@ def _layer_panel(lm: LoadedModel, scores: ImportanceScores) -> tuple[int, ...]:
 
 
 def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> None:
-    e = efficiency(lm, drop)
+    context = min(1000, lm.max_positions)
+    e = efficiency(lm, drop, context=context)
     st.sidebar.subheader("Efficiency of this mask")
     a, b = st.sidebar.columns(2)
     a.metric("attention layers kept", f"{e.layers_kept} / {e.layers}")
     b.metric("parameters saved", f"{e.parameters_saved_fraction:.1%}", f"{e.parameters_saved / 1e6:.2f} M",
              delta_color="off")
-    a.metric("FLOPs saved / token", f"{e.flops_saved_fraction:.1%}", "at 1,000 tokens of context",
+    a.metric("FLOPs saved / token", f"{e.flops_saved_fraction:.1%}", f"at {context:,} tokens of context",
              delta_color="off")
-    b.metric("KV cache saved", f"{e.kv_bytes_saved_per_1k_tokens / 2**20:.1f} MiB",
-             f"of {e.kv_bytes_per_1k_tokens / 2**20:.1f} MiB per 1,000 tokens", delta_color="off")
+    if lm.spec.encoder:
+        b.metric("KV cache saved", "none", "an encoder keeps no KV cache", delta_color="off")
+    else:
+        b.metric("KV cache saved", f"{e.kv_bytes_saved_per_1k_tokens / 2**20:.1f} MiB",
+                 f"of {e.kv_bytes_per_1k_tokens / 2**20:.1f} MiB per 1,000 tokens", delta_color="off")
     if st.sidebar.toggle("Measure latency", key="measure_latency", value=True,
                          help="time a forward pass of 128 tokens with and without the mask, in turns so that both "
                               "run under the same load (median of 3)"):

@@ -1,11 +1,12 @@
-"""Explainer speed and faithfulness on the default model and data (prints figures; not a test).
+"""Explainer speed and faithfulness on a model (the default unless ``--model``) and the default data
+(prints figures; not a test).
 
 1. Seconds per explanation for every explainer (median over ``--speed-n`` test reviews, no cache).
 2. AOPC comprehensiveness and sufficiency of LIME, Kernel SHAP, Integrated Gradients and the random
    baseline with 0, 4 and 8 of the most redundant attention layers dropped, with accuracy and ECE on
    the same examples. Results go through the result cache, so a rerun only prints.
 
-    python benchmarks/bench_explain.py [--n 50] [--speed-n 5]
+    python benchmarks/bench_explain.py [--n 50] [--speed-n 5] [--model all-minilm-l6-v2 --masks 0,2,4]
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from core import EvalConfig, ResultCache, attention_scores, calibration_texts, evaluate, load_dataset, load_model  # noqa: E402
+from core.classifier import builder_for  # noqa: E402
 from core.explainers import EXPLAINERS  # noqa: E402
 from core.explanations import ExplainConfig, Explainer, dataset_faithfulness  # noqa: E402
-from core.prompts import PromptBuilder, PromptConfig  # noqa: E402
+from core.models import DEFAULT_MODEL  # noqa: E402
 
 
 def main() -> None:
@@ -32,9 +34,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--speed-n", type=int, default=5)
     parser.add_argument("--masks", default="0,4,8", help="numbers of most redundant attention layers to drop")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     args = parser.parse_args()
-    lm, ds = load_model(), load_dataset()
-    builder = PromptBuilder(lm.tokenizer, ds, PromptConfig(), lm.has_chat_template, lm.max_positions)
+    lm, ds = load_model(args.model), load_dataset()
+    builder = builder_for(lm, ds, cache=ResultCache())  # an encoder's head is fitted on the full encoder
     examples, _ = ds.sample("test", args.n, seed=0)
     words = [len(ex.text.split()) for ex in examples]
     print(f"{lm.name} on {ds.name}: {args.n} test reviews, {np.mean(words):.1f} words on average "
