@@ -237,7 +237,7 @@ def _head_panel(lm: LoadedModel, ds: Dataset) -> bool:
     head = train_head(lm, ds, cache=ResultCache(), progress=update)
     slot.empty()
     st.sidebar.caption(f"Classifier head: logistic regression on the mean-pooled encoder output, trained on "
-                       f"{head.train_n} {ds.name} train texts (C = {head.c:g} chosen on {head.val_n} "
+                       f"{head.train_n:,} {ds.name} train texts (C = {head.c:g} chosen on {head.val_n} "
                        f"validation texts, where it is right {head.val_accuracy:.0%} of the time).")
     return st.sidebar.toggle("Prune, then re-fit the head", key="refit_head", value=False,
                              help="off: the head fitted on the full encoder stays frozen, as in the study; on: the "
