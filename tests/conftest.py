@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,17 @@ def _private_home(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "models").symlink_to(models, target_is_directory=True)
     monkeypatch.setenv("PRUNE_EXPLORER_HOME", str(root))
     return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put ``sys.modules["__main__"]`` back after every test.
+
+    Streamlit's AppTest installs the script it ran as ``__main__`` and leaves it there. A process
+    started with "spawn" afterwards re-imports ``__main__`` from its file, so it would run the app
+    in bare mode (loading models, scoring) before doing its own work.
+    """
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
 
 
 @pytest.fixture()
