@@ -30,7 +30,9 @@ import numpy as np
 import torch
 import xxhash
 from scipy.optimize import minimize
+from scipy.special import log_softmax
 
+from . import calibration as cal
 from .cache import ResultCache, cache_key
 from .data import Dataset
 from .errors import UserError
@@ -47,21 +49,13 @@ DEFAULT_PROMPT = PromptConfig()
 Progress = Callable[[int, int], None]
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def logistic_objective(params: np.ndarray, x: np.ndarray, y: np.ndarray, n_classes: int,
                        c: float) -> tuple[float, np.ndarray]:
     """``C * sum_i CE_i + |W|^2 / 2`` and its gradient; ``params`` is W ([K, d]) then b ([K]), flattened."""
     d = x.shape[1]
     w = params[: n_classes * d].reshape(n_classes, d)
     b = params[n_classes * d:]
-    z = x @ w.T + b
-    z = z - z.max(axis=1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    log_p = log_softmax(x @ w.T + b, axis=1)
     onehot = np.eye(n_classes)[y]
     loss = -c * float((onehot * log_p).sum()) + 0.5 * float((w * w).sum())
     residual = c * (np.exp(log_p) - onehot)  # [n, K]
@@ -140,7 +134,7 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
     best = None
     for c in sorted(cs):
         w, b = fit_logistic(z_train, y_train, n_classes, c)
-        p = _softmax(z_val @ w.T + b)
+        p = cal.softmax(z_val @ w.T + b)
         nll = float(-np.log(np.clip(p[np.arange(len(y_val)), y_val], 1e-12, 1)).mean())
         if best is None or nll < best[0] - 1e-12:
             best = (nll, c, w, b, float((p.argmax(axis=1) == y_val).mean()))
@@ -148,6 +142,11 @@ def fit_head(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val:
     return Head(mean=mean, scale=scale, weight=w, bias=b, c=c, fitted_on=tuple(sorted(fitted_on)),
                 train_n=len(y_train), val_n=len(y_val), val_accuracy=acc, val_nll=nll,
                 seconds=time.perf_counter() - start)
+
+
+def max_text_tokens(config: PromptConfig, max_positions: int) -> int:
+    """How many text tokens fit: the configured limit, less room for ``[CLS]`` and ``[SEP]``."""
+    return min(config.max_input_tokens, max_positions - 2)
 
 
 def encode_text(tokenizer, text: str, max_text_tokens: int) -> EncodedInput:
@@ -174,7 +173,7 @@ class ClassifierInput:
         self.prefix_ids: list[int] = [int(tokenizer.cls_token_id)]
         self.suffix_ids: list[int] = [int(tokenizer.sep_token_id)]
         self.candidate_ids = list(range(len(self.answer_words)))
-        self.max_text_tokens = min(config.max_input_tokens, max_positions - 2)
+        self.max_text_tokens = max_text_tokens(config, max_positions)
 
     def encode(self, text: str) -> EncodedInput:
         return encode_text(self.tokenizer, text, self.max_text_tokens)
@@ -241,7 +240,7 @@ def train_head(lm: LoadedModel, dataset: Dataset, config: PromptConfig = DEFAULT
                     max_input_tokens=config.max_input_tokens, version=HEAD_VERSION)
     if cache is not None and (hit := cache.get(key)) is not None:
         return Head.from_dict(hit)
-    max_text = min(config.max_input_tokens, lm.max_positions - 2)
+    max_text = max_text_tokens(config, lm.max_positions)
     prefix = [int(lm.tokenizer.cls_token_id)]
     total = len(train) + len(val)
 

@@ -76,12 +76,8 @@ def efficiency(lm: LoadedModel, drop: Sequence[int], context: int = 1000) -> Eff
     out = model.get_output_embeddings()
     # every weight matrix a token passes through: the body, and the output layer (shared or not);
     # an encoder has no output layer (its classifier head is a few thousand weights, left out)
-    if out is None:
-        matmul_params = total - embedding
-    elif out.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr():
-        matmul_params = total - embedding + out.weight.numel()
-    else:
-        matmul_params = total - embedding
+    tied = out is not None and out.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    matmul_params = total - embedding + (out.weight.numel() if tied else 0)
     attended = [_tokens_attended(config, i, context) for i in range(lm.num_layers)]
     scores = [4 * heads * head_dim * t for t in attended]
     flops = 2.0 * matmul_params + sum(scores)

@@ -65,7 +65,7 @@ class ModelPreset:
 
     def available_offline(self) -> bool:
         if self.embedded:
-            return (home() / "models" / self.name / "config.json").exists() or _package_file(self) is not None
+            return _converted(self) is not None or _package_file(self) is not None
         return _hub_snapshot(self.source) is not None
 
 
@@ -226,11 +226,17 @@ def preset(name: str) -> ModelPreset | None:
     return _BY_NAME.get(name)
 
 
+def _converted(preset: ModelPreset) -> Path | None:
+    """The folder of the preset's converted weights, if a finished conversion is there."""
+    target = home() / "models" / preset.name
+    return target if (target / "config.json").exists() and (target / "tokenizer_config.json").exists() else None
+
+
 def _converted_dir(preset: ModelPreset) -> Path:
     """The embedded model's folder: the package's own, or its GGUF converted once to fp32 safetensors."""
+    if (done := _converted(preset)) is not None:
+        return done
     target = home() / "models" / preset.name
-    if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
-        return target
     found = _package_file(preset)
     if found is None:
         raise UserError(
@@ -240,8 +246,8 @@ def _converted_dir(preset: ModelPreset) -> Path:
         return found
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
-            return target
+        if (done := _converted(preset)) is not None:
+            return done
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         gguf = join_parts(preset, tmp.with_suffix(".gguf")) if preset.parts else found
         try:
