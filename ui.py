@@ -1,6 +1,6 @@
 """Streamlit glue shared by `app.py` and the pages: state, the shared sidebar, errors and downloads.
 
-Nothing here computes: results come from `core`, figures from `core.figures`. This module owns
+Nothing here computes: results come from `core`, figures from `core.study.figures`. This module owns
 what only an interactive session has:
 
 * the state of a session (model, data, prompt, sample, explainer, mask, example) and its mirror in
@@ -23,20 +23,20 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import calibration as cal
 from core.cache import ResultCache
-from core.classifier import ClassifierInput, builder_for, train_head
-from core.data import DEFAULT_DATASET, EMBEDDED, Dataset, load_dataset
-from core.efficiency import compare_latency, efficiency
 from core.errors import UserError
-from core.evaluation import EvalConfig, EvalResult, evaluate
-from core.explainers import DEFAULT_EXPLAINER, EXPLAINERS
-from core.explanations import ExplainConfig
-from core.importance import ImportanceScores, attention_scores, calibration_texts
-from core.models import DEFAULT_MODEL, PRESETS, LoadedModel, ModelPreset, load_model
-from core.prompts import STYLES, PromptBuilder, PromptConfig
-from core.pruning import parse_layer_list, validate_mask
+from core.explain.dataset import ExplainConfig
+from core.explain.methods import DEFAULT_EXPLAINER, EXPLAINERS
+from core.model.efficiency import compare_latency, efficiency
+from core.model.loading import DEFAULT_MODEL, PRESETS, LoadedModel, ModelPreset, load_model
+from core.model.pruning import parse_layer_list, validate_mask
 from core.settings import home
+from core.study.importance import ImportanceScores, attention_scores, calibration_texts
+from core.task import calibration as cal
+from core.task.data import DEFAULT_DATASET, EMBEDDED, Dataset, load_dataset
+from core.task.evaluation import EvalConfig, EvalResult, evaluate
+from core.task.head import ClassifierInput, builder_for, train_head
+from core.task.prompts import STYLES, PromptBuilder, PromptConfig
 
 log = logging.getLogger("prune_explorer")
 OWN_FILE = "own file..."

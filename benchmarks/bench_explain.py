@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from core import EvalConfig, ResultCache, attention_scores, calibration_texts, evaluate, load_dataset, load_model  # noqa: E402
-from core.classifier import builder_for  # noqa: E402
-from core.explainers import EXPLAINERS  # noqa: E402
-from core.explanations import ExplainConfig, Explainer, dataset_faithfulness  # noqa: E402
-from core.models import DEFAULT_MODEL  # noqa: E402
+from core.explain.dataset import ExplainConfig, Explainer, dataset_faithfulness  # noqa: E402
+from core.explain.methods import EXPLAINERS  # noqa: E402
+from core.model.loading import DEFAULT_MODEL  # noqa: E402
+from core.task.head import builder_for  # noqa: E402
 
 
 def main() -> None:

@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from core import EvalConfig, ResultCache, attention_scores, calibration_texts, evaluate, load_dataset  # noqa: E402
-from core.classifier import builder_for  # noqa: E402
-from core.models import PRESETS, load_model  # noqa: E402
-from core.scoring import score_examples  # noqa: E402
+from core.model.loading import PRESETS, load_model  # noqa: E402
+from core.task.head import builder_for  # noqa: E402
+from core.task.scoring import score_examples  # noqa: E402
 
 
 def main() -> None:

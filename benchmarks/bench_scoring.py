@@ -20,10 +20,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from core import calibration_texts, load_dataset, load_model  # noqa: E402
-from core.importance import compute_scores  # noqa: E402
-from core.prompts import PromptBuilder, PromptConfig  # noqa: E402
-from core.pruning import dropped_attention  # noqa: E402
-from core.scoring import full_logits_loop, score_examples  # noqa: E402
+from core.model.pruning import dropped_attention  # noqa: E402
+from core.study.importance import compute_scores  # noqa: E402
+from core.task.prompts import PromptBuilder, PromptConfig  # noqa: E402
+from core.task.scoring import full_logits_loop, score_examples  # noqa: E402
 
 
 def timed(fn):

@@ -10,13 +10,13 @@ Typical use from a notebook::
 """
 
 from .cache import ResultCache
-from .data import load_dataset
 from .errors import UserError
-from .evaluation import EvalConfig, EvalResult, evaluate
-from .importance import attention_scores, calibration_texts
-from .models import load_model
-from .prompts import PromptConfig
-from .pruning import dropped_attention
+from .model.loading import load_model
+from .model.pruning import dropped_attention
+from .study.importance import attention_scores, calibration_texts
+from .task.data import load_dataset
+from .task.evaluation import EvalConfig, EvalResult, evaluate
+from .task.prompts import PromptConfig
 
 __all__ = [
     "EvalConfig", "EvalResult", "PromptConfig", "ResultCache", "UserError", "attention_scores",

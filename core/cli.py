@@ -53,7 +53,7 @@ class _Bar:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .models import DEFAULT_MODEL
+    from .model.loading import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="preset name, hub id or local folder")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -62,7 +62,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    from .data import DEFAULT_DATASET
+    from .task.data import DEFAULT_DATASET
 
     p.add_argument("--dataset", default=DEFAULT_DATASET, help="preset name or a .csv / .jsonl path")
     p.add_argument("--text-column", default="text", help="own files: the column holding the text")
@@ -85,8 +85,8 @@ def _add_mask_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_explainer_args(p: argparse.ArgumentParser, default: str | None) -> None:
-    from .explainers import EXPLAINERS
-    from .features import GRANULARITIES, REMOVALS
+    from .explain.features import GRANULARITIES, REMOVALS
+    from .explain.methods import EXPLAINERS
 
     p.add_argument("--explainer", default=default, help=f"one of {', '.join(EXPLAINERS)}")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="drop 0..K attention layers in a strategy's order: one row of metrics each")
     _add_model_args(p)
     _add_data_args(p)
-    from .strategies import DEFAULT_STRATEGY, STRATEGIES
+    from .study.strategies import DEFAULT_STRATEGY, STRATEGIES
 
     p.add_argument("--strategy", default=DEFAULT_STRATEGY, help=f"one of {', '.join(STRATEGIES)}")
     p.add_argument("--max-drop", type=int, default=8, help="drop up to K layers (default 8)")
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _dataset(args: argparse.Namespace):
-    from .data import load_dataset
+    from .task.data import load_dataset
 
     names = [x.strip() for x in args.label_names.split(",")] if args.label_names else None
     return load_dataset(args.dataset, text_column=args.text_column, label_column=args.label_column,
@@ -187,7 +187,7 @@ def _dataset(args: argparse.Namespace):
 
 
 def _cmd_models(args: argparse.Namespace) -> None:
-    from .models import list_presets
+    from .model.loading import list_presets
 
     rows = list_presets()
     if args.json:
@@ -201,7 +201,7 @@ def _cmd_models(args: argparse.Namespace) -> None:
 
 
 def _cmd_datasets(args: argparse.Namespace) -> None:
-    from .data import list_presets
+    from .task.data import list_presets
 
     rows = list_presets()
     if args.json:
@@ -216,8 +216,8 @@ def _cmd_datasets(args: argparse.Namespace) -> None:
 def _drop(args: argparse.Namespace, lm, ds) -> list[int]:
     """The mask from --drop-attn or --drop-k (the k layers with the lowest importance scores)."""
     from .cache import ResultCache
-    from .importance import attention_scores, calibration_texts
-    from .pruning import parse_layer_list, validate_mask
+    from .model.pruning import parse_layer_list, validate_mask
+    from .study.importance import attention_scores, calibration_texts
 
     drop = list(validate_mask(parse_layer_list(args.drop_attn), lm.num_layers))
     if args.drop_k is not None:
@@ -228,13 +228,13 @@ def _drop(args: argparse.Namespace, lm, ds) -> list[int]:
 
 
 def _prompt_config(args: argparse.Namespace):
-    from .prompts import PromptConfig
+    from .task.prompts import PromptConfig
 
     return PromptConfig(style=args.prompt, shots=args.shots, seed=args.seed, max_input_tokens=args.max_input_tokens)
 
 
 def _explain_config(args: argparse.Namespace):
-    from .explanations import ExplainConfig
+    from .explain.dataset import ExplainConfig
 
     params = {}
     for item in args.param:
@@ -249,10 +249,10 @@ def _explain_config(args: argparse.Namespace):
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .cache import ResultCache
-    from .classifier import builder_for
-    from .evaluation import EvalConfig, evaluate
-    from .explanations import Explainer, dataset_faithfulness
-    from .models import load_model
+    from .explain.dataset import Explainer, dataset_faithfulness
+    from .model.loading import load_model
+    from .task.evaluation import EvalConfig, evaluate
+    from .task.head import builder_for
 
     explain_config = _explain_config(args) if args.faithfulness else None
     if args.faithfulness_n is not None and args.faithfulness_n < 1:
@@ -322,11 +322,11 @@ def _explanation_json(a, builder, faith) -> dict:
 
 
 def _cmd_explain(args: argparse.Namespace) -> None:
-    from .agreement import agreement
     from .cache import ResultCache
-    from .classifier import builder_for
-    from .explanations import Explainer, pick_example
-    from .models import load_model
+    from .explain.agreement import agreement
+    from .explain.dataset import Explainer, pick_example
+    from .model.loading import load_model
+    from .task.head import builder_for
 
     config = _explain_config(args)
     lm = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
@@ -374,7 +374,7 @@ def _cmd_explain(args: argparse.Namespace) -> None:
 
 
 def _cmd_explainers(args: argparse.Namespace) -> None:
-    from .explainers import EXPLAINERS
+    from .explain.methods import EXPLAINERS
 
     rows = [{"name": e.name, "title": e.title, "kind": e.kind, "defaults": dict(e.defaults),
              "choices": {k: list(v) for k, v in e.choices.items()}, "description": e.description}
@@ -390,8 +390,8 @@ def _cmd_explainers(args: argparse.Namespace) -> None:
 
 def _cmd_scores(args: argparse.Namespace) -> None:
     from .cache import ResultCache
-    from .importance import attention_scores, calibration_texts
-    from .models import load_model
+    from .model.loading import load_model
+    from .study.importance import attention_scores, calibration_texts
 
     lm = load_model(args.model, args.dtype, args.device, args.trust_remote_code)
     texts = calibration_texts(_dataset(args), args.calibration_n)
@@ -426,10 +426,10 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
     from .cache import ResultCache
-    from .evaluation import EvalConfig
-    from .models import load_model
-    from .strategies import StrategyConfig, layer_order
-    from .sweep import PointConfig, sweep
+    from .model.loading import load_model
+    from .study.strategies import StrategyConfig, layer_order
+    from .study.sweep import PointConfig, sweep
+    from .task.evaluation import EvalConfig
 
     strategy = StrategyConfig(name=args.strategy, seed=args.seed, calibration_n=args.calibration_n,
                               steps=args.steps or args.max_drop, candidates=args.candidates,
@@ -469,7 +469,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from .report import write_report
+    from .study.report import write_report
 
     print(f"wrote {write_report(args.sweep_csv, args.out)}")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from scipy.stats import spearmanr
 
-from core.agreement import agreement, rationale
 from core.errors import UserError
+from core.explain.agreement import agreement, rationale
 
 
 def test_overlap_metrics_equal_hand_values() -> None:

@@ -131,7 +131,7 @@ def test_the_encoder_classifier_runs_every_page_with_its_head_and_refit(module_r
 
 
 def test_a_packaged_model_that_is_not_installed_shows_how_to_install_it(app: AppTest, monkeypatch) -> None:
-    from core.models import ModelPreset
+    from core.model.loading import ModelPreset
 
     installed = ModelPreset.available_offline
     monkeypatch.setattr(ModelPreset, "available_offline", lambda self: self.name != "gemma-3-270m" and installed(self))

@@ -148,7 +148,7 @@ def test_the_sweep_report_renders_its_charts_offline(browser, tmp_path) -> None:
     import pandas as pd
     from selenium.webdriver.common.by import By
 
-    from core.report import render
+    from core.study.report import render
 
     table = pd.DataFrame({"dropped": [0, 1, 2], "layers": ["none", "26", "25,26"], "accuracy": [0.86, 0.87, 0.85],
                           "ece": [0.17, 0.18, 0.2], "ece_temperature_scaled": [0.07, 0.06, 0.08],

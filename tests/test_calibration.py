@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from core import calibration as cal
+from core.task import calibration as cal
 
 # confidences 0.92 (right), 0.83 (wrong), 0.74 (right), 0.66 (wrong)
 PROBS = np.array([[0.92, 0.08], [0.83, 0.17], [0.26, 0.74], [0.34, 0.66]])

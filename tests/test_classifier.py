@@ -10,7 +10,17 @@ import torch.nn.functional as F
 from tiny_models import tiny_bert, tiny_bert_loaded, tiny_loaded
 
 from core.cache import ResultCache
-from core.classifier import (
+from core.errors import UserError
+from core.explain.dataset import ExplainConfig, Explainer
+from core.explain.features import text_features
+from core.explain.methods import explain
+from core.explain.targets import ClassifierTarget, make_target
+from core.model.efficiency import efficiency
+from core.model.pruning import dropped_attention, install
+from core.study.importance import compute_scores
+from core.task.data import dataset_from_rows
+from core.task.evaluation import EvalConfig, evaluate
+from core.task.head import (
     ClassifierInput,
     Head,
     builder_for,
@@ -19,16 +29,6 @@ from core.classifier import (
     logistic_objective,
     train_head,
 )
-from core.data import dataset_from_rows
-from core.efficiency import efficiency
-from core.errors import UserError
-from core.evaluation import EvalConfig, evaluate
-from core.explainers import explain
-from core.explanations import ExplainConfig, Explainer
-from core.features import text_features
-from core.importance import compute_scores
-from core.pruning import dropped_attention, install
-from core.targets import ClassifierTarget, make_target
 
 WORDS_POS = ["good", "great", "loved", "wonderful", "funny", "moving"]
 WORDS_NEG = ["bad", "boring", "terrible", "awful", "plot", "dialogue"]

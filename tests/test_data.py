@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.data import HUB, load_dataset, load_hub_dataset, load_user_file
 from core.errors import UserError
+from core.task.data import HUB, load_dataset, load_hub_dataset, load_user_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

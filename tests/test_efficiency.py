@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from tiny_models import tiny_loaded
 
-from core import efficiency as eff
-from core.efficiency import compare_latency, efficiency
 from core.errors import UserError
+from core.model import efficiency as eff
+from core.model.efficiency import compare_latency, efficiency
 
 # tiny llama: hidden 32, 4 heads of 8, 2 kv heads; q 32x32, k 32x16, v 32x16, o 32x32, no biases
 ATTN_PARAMS = 32 * 32 + 32 * 16 + 32 * 16 + 32 * 32

@@ -46,8 +46,8 @@ def test_evaluate_json_predictions_and_cache(fresh_results, capsys, tmp_path) ->
 
 def test_dropping_layers_changes_answers_and_cache_agrees_with_no_cache(fresh_results) -> None:
     from core import EvalConfig, evaluate, load_dataset, load_model
-    from core.prompts import PromptBuilder, PromptConfig
-    from core.scoring import score_examples
+    from core.task.prompts import PromptBuilder, PromptConfig
+    from core.task.scoring import score_examples
 
     lm, ds = load_model(), load_dataset()
     full = evaluate(lm, ds, EvalConfig(n=24, val_n=0))

@@ -59,8 +59,8 @@ def test_bad_explain_input_gets_a_clear_message(fresh_results, capsys, argv, mes
 
 def test_lime_and_kernel_shap_beat_the_random_baseline_on_real_reviews(fresh_results) -> None:
     from core import load_dataset, load_model
-    from core.explanations import ExplainConfig, Explainer, dataset_faithfulness
-    from core.prompts import PromptBuilder, PromptConfig
+    from core.explain.dataset import ExplainConfig, Explainer, dataset_faithfulness
+    from core.task.prompts import PromptBuilder, PromptConfig
 
     lm, ds = load_model(), load_dataset()
     builder = PromptBuilder(lm.tokenizer, ds, PromptConfig(), lm.has_chat_template, lm.max_positions)

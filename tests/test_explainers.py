@@ -7,8 +7,8 @@ import pytest
 from toy_target import BagOfWordsTarget
 
 from core.errors import UserError
-from core.explainers import EXPLAINERS, explain, resolve_params
-from core.features import text_features
+from core.explain.features import text_features
+from core.explain.methods import EXPLAINERS, explain, resolve_params
 
 WEIGHTS = {"the": [0, 0.1], "plot": [0, -0.2], "was": [0, 0.05], "excellent": [0, 3.0], "awful": [2.5, 0],
            "a": [0, 0.02], "film": [0, -0.05], "with": [0.03, 0], "dull": [0.3, 0], "moments": [0, 0.1]}

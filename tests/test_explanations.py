@@ -8,14 +8,14 @@ import torch
 from tiny_models import tiny_loaded
 
 from core.cache import ResultCache
-from core.data import Example, dataset_from_rows
 from core.errors import UserError
-from core.explainers import explain
-from core.explanations import ExplainConfig, Explainer, dataset_faithfulness, pick_example
-from core.features import text_features
-from core.prompts import PromptBuilder, PromptConfig
-from core.scoring import score_examples
-from core.targets import LMTarget
+from core.explain.dataset import ExplainConfig, Explainer, dataset_faithfulness, pick_example
+from core.explain.features import text_features
+from core.explain.methods import explain
+from core.explain.targets import LMTarget
+from core.task.data import Example, dataset_from_rows
+from core.task.prompts import PromptBuilder, PromptConfig
+from core.task.scoring import score_examples
 
 ROWS = [{"text": t, "label": lab} for t, lab in [
     ("the film is good", "positive"), ("a bad and boring movie", "negative"), ("I loved it", "positive"),

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from toy_target import BagOfWordsTarget
 
-from core.faithfulness import K_PERCENTS, faithfulness, faithfulness_many, rationale_sizes, top_features
-from core.features import text_features
+from core.explain.faithfulness import K_PERCENTS, faithfulness, faithfulness_many, rationale_sizes, top_features
+from core.explain.features import text_features
 
 
 def sigmoid(x: float) -> float:

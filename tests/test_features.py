@@ -6,10 +6,10 @@ import pytest
 from tiny_models import tiny_loaded, tiny_tokenizer
 from toy_target import word_tokenizer
 
-from core.data import dataset_from_rows
 from core.errors import UserError
-from core.features import replacement_token, text_features
-from core.prompts import PromptBuilder, PromptConfig
+from core.explain.features import replacement_token, text_features
+from core.task.data import dataset_from_rows
+from core.task.prompts import PromptBuilder, PromptConfig
 
 TEXT = "The film's plot,  well-acted and   moving 😀 ending"
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core import calibration as cal
-from core.faithfulness import Faithfulness
-from core.figures import (
+from core.explain.faithfulness import Faithfulness
+from core.study.figures import (
     confidence_histogram,
     faithfulness_curves,
     importance_bars,
@@ -17,6 +16,7 @@ from core.figures import (
     token_heatmap,
     tradeoff_curves,
 )
+from core.task import calibration as cal
 
 
 def test_reliability_diagram_shows_accuracy_and_counts_per_bin() -> None:

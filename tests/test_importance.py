@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from tiny_models import tiny_loaded
 
 from core.errors import UserError
-from core.importance import attention_scores, compute_scores
+from core.study.importance import attention_scores, compute_scores
 
 TEXTS = ["the film is good", "a bad and boring movie that goes on", "I loved it"]
 

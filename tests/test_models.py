@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from core.errors import OfflineError, UserError
-from core.models import list_presets, load_model, resolve
+from core.model.loading import list_presets, load_model, resolve
 
 
 def test_hub_preset_offline_fails_at_once_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -45,7 +45,7 @@ def test_presets_say_size_licence_availability_and_the_install_command() -> None
 def _fake_parts(tmp_path, monkeypatch: pytest.MonkeyPatch, contents: list[bytes]):
     import hashlib
 
-    from core import models
+    from core.model import loading as models
 
     files = {}
     for i, data in enumerate(contents):
@@ -72,7 +72,7 @@ def test_chunked_weights_are_joined_and_checked(tmp_path, monkeypatch: pytest.Mo
 
 
 def test_a_preset_that_is_not_installed_names_its_install_command(tmp_path, monkeypatch) -> None:
-    from core import models
+    from core.model import loading as models
 
     monkeypatch.setenv("PRUNE_EXPLORER_HOME", str(tmp_path))
     monkeypatch.setattr(models, "_module_file", lambda rel: None)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from core.cli import main
-from core.data import load_dataset
-from core.evaluation import EvalConfig, evaluate
-from core.importance import attention_scores, calibration_texts
-from core.models import load_model, preset
-from core.prompts import PromptBuilder, PromptConfig
-from core.scoring import score_examples
+from core.model.loading import load_model, preset
+from core.study.importance import attention_scores, calibration_texts
+from core.task.data import load_dataset
+from core.task.evaluation import EvalConfig, evaluate
+from core.task.prompts import PromptBuilder, PromptConfig
+from core.task.scoring import score_examples
 
 pytestmark = pytest.mark.slow
 GEMMA = preset("gemma-3-270m")

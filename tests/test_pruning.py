@@ -8,9 +8,9 @@ import pytest
 import torch
 from tiny_models import FAMILIES, tiny_model
 
-from core.architectures import spec_for_model, supported_model_types
 from core.errors import UserError
-from core.pruning import dropped_attention, expand_cache, install, new_cache, validate_mask
+from core.model.architectures import spec_for_model, supported_model_types
+from core.model.pruning import dropped_attention, expand_cache, install, new_cache, validate_mask
 
 
 def _hand_mlp_only(family: str, layer: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -159,7 +159,7 @@ def test_dropping_every_layer_is_allowed() -> None:
 def test_unsupported_architecture_names_the_supported_ones() -> None:
     from transformers import T5Config
 
-    from core.architectures import spec_for_config
+    from core.model.architectures import spec_for_config
 
     with pytest.raises(UserError) as err:
         spec_for_config(T5Config())

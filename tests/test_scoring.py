@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from tiny_models import tiny_loaded
 
-from core.data import dataset_from_rows
 from core.errors import UserError
-from core.prompts import PromptBuilder, PromptConfig
-from core.pruning import dropped_attention
-from core.scoring import full_logits_loop, score_examples
+from core.model.pruning import dropped_attention
+from core.task.data import dataset_from_rows
+from core.task.prompts import PromptBuilder, PromptConfig
+from core.task.scoring import full_logits_loop, score_examples
 
 ROWS = [{"text": t, "label": lab} for t, lab in [
     ("the film is good", "positive"), ("a bad and boring movie", "negative"), ("I loved it", "positive"),

@@ -9,17 +9,17 @@ import pytest
 import torch
 from tiny_models import tiny_loaded
 
-from core import calibration as cal
 from core.cache import ResultCache
 from core.cli import main
-from core.data import dataset_from_rows
 from core.errors import UserError
-from core.evaluation import score_cached
-from core.importance import compute_scores
-from core.prompts import PromptBuilder, PromptConfig
-from core.report import check_sweep_table, render, write_report
-from core.strategies import STRATEGIES, StrategyConfig, greedy_order, js_divergence, layer_order
-from core.sweep import sweep_order
+from core.study.importance import compute_scores
+from core.study.report import check_sweep_table, render, write_report
+from core.study.strategies import STRATEGIES, StrategyConfig, greedy_order, js_divergence, layer_order
+from core.study.sweep import sweep_order
+from core.task import calibration as cal
+from core.task.data import dataset_from_rows
+from core.task.evaluation import score_cached
+from core.task.prompts import PromptBuilder, PromptConfig
 
 ROWS = [{"text": t, "label": lab} for t, lab in [
     ("the film is good", "positive"), ("a bad and boring movie", "negative"), ("I loved it", "positive"),
@@ -79,7 +79,7 @@ def test_trust_greedy_picks_what_one_step_of_brute_force_picks(tmp_path) -> None
     cache = ResultCache(tmp_path)
     config = StrategyConfig("trust-greedy", calibration_n=6, steps=1, faith_n=2, weights=(1.0, 0.5, 2.0))
     order = layer_order(lm, ds, config, PROMPT, cache)
-    from core.strategies import _Judge
+    from core.study.strategies import _Judge
 
     judge = _Judge(lm, ds, PROMPT, config, cache)
     assert order[0] == int(np.argmin([judge.cost([i]) for i in range(lm.num_layers)]))

@@ -6,12 +6,12 @@ import pytest
 from tiny_models import tiny_loaded
 
 from core.cache import ResultCache
-from core.data import dataset_from_rows
 from core.errors import UserError
-from core.evaluation import EvalConfig
-from core.explanations import ExplainConfig
-from core.prompts import PromptConfig
-from core.sweep import COLUMNS, PointConfig, evaluate_point, points, sweep
+from core.explain.dataset import ExplainConfig
+from core.study.sweep import COLUMNS, PointConfig, evaluate_point, points, sweep
+from core.task.data import dataset_from_rows
+from core.task.evaluation import EvalConfig
+from core.task.prompts import PromptConfig
 
 ROWS = [{"text": t, "label": lab} for t, lab in [
     ("the film is good", "positive"), ("a bad and boring movie", "negative"), ("I loved it", "positive"),
@@ -56,7 +56,7 @@ def test_sweep_range_is_checked(tmp_path) -> None:
 
 
 def test_an_interrupted_sweep_recomputes_nothing_it_had_finished(tmp_path, monkeypatch) -> None:
-    import core.evaluation as evaluation
+    import core.task.evaluation as evaluation
 
     lm, ds = tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny")
     cache = ResultCache(tmp_path)

@@ -73,7 +73,7 @@ def tiny_tokenizer():
 
 def tiny_loaded(family: str = "llama", seed: int = 0):
     """A tiny model of ``family`` wrapped as a `LoadedModel`, with the tiny tokenizer."""
-    from core.models import wrap_model
+    from core.model.loading import wrap_model
 
     tok = tiny_tokenizer()
     model = tiny_model(family, seed)
@@ -111,7 +111,7 @@ def tiny_wordpiece_tokenizer():
 
 def tiny_bert_loaded(seed: int = 0):
     """A tiny BERT encoder wrapped as a `LoadedModel` (task 'classifier'), with a WordPiece tokenizer."""
-    from core.models import wrap_model
+    from core.model.loading import wrap_model
 
     tok = tiny_wordpiece_tokenizer()
     model = tiny_bert(seed)

@@ -3,9 +3,9 @@
 import streamlit as st
 
 import ui
-from core import calibration as cal
-from core.evaluation import metrics_table
-from core.figures import confidence_histogram, reliability_diagram
+from core.study.figures import confidence_histogram, reliability_diagram
+from core.task import calibration as cal
+from core.task.evaluation import metrics_table
 
 ctx = ui.context()
 st.title("Calibration: is the model as sure as it is right?")

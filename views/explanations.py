@@ -4,9 +4,9 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from core.agreement import agreement
-from core.explanations import Explainer
-from core.figures import faithfulness_curves, token_heatmap
+from core.explain.agreement import agreement
+from core.explain.dataset import Explainer
+from core.study.figures import faithfulness_curves, token_heatmap
 
 ctx = ui.context()
 st.title("Explanations: which words does the model rely on, before and after pruning?")

@@ -3,11 +3,11 @@
 import streamlit as st
 
 import ui
-from core import calibration as cal
-from core.agreement import agreement
-from core.explanations import Explainer
-from core.figures import importance_bars, reliability_diagram, token_heatmap
-from core.models import preset
+from core.explain.agreement import agreement
+from core.explain.dataset import Explainer
+from core.model.loading import preset
+from core.study.figures import importance_bars, reliability_diagram, token_heatmap
+from core.task import calibration as cal
 
 ctx = ui.context()
 st.title("Learn: can a pruned model still be trusted?")

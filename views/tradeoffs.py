@@ -5,10 +5,10 @@ import streamlit as st
 
 import ui
 from core.errors import UserError
-from core.figures import pareto_scatter, tradeoff_curves
-from core.report import check_sweep_table
-from core.strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig, layer_order
-from core.sweep import PointConfig, evaluate_point, mask_label, points, sweep, sweep_order
+from core.study.figures import pareto_scatter, tradeoff_curves
+from core.study.report import check_sweep_table
+from core.study.strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig, layer_order
+from core.study.sweep import PointConfig, evaluate_point, mask_label, points, sweep, sweep_order
 
 ctx = ui.context()
 st.title("Trade-offs: what does each dropped layer cost?")

@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .faithfulness import Faithfulness
+from ..explain.faithfulness import Faithfulness
 
 FULL, PRUNED, RANDOM, EXTRA = "#3b5bdb", "#f08c00", "#868e96", "#2b8a3e"
 PALETTE = [FULL, PRUNED, EXTRA, "#ae3ec9", "#e03131"]

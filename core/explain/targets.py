@@ -18,11 +18,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .classifier import ClassifierInput
-from .models import LoadedModel
-from .prompts import PromptBuilder
-from .pruning import dropped_attention, expand_cache, new_cache, validate_mask
-from .scoring import AnswerHead, candidate_logits
+from ..model.loading import LoadedModel
+from ..model.pruning import dropped_attention, expand_cache, new_cache, validate_mask
+from ..task.head import ClassifierInput
+from ..task.prompts import PromptBuilder
+from ..task.scoring import AnswerHead, candidate_logits
 
 
 class Target(Protocol):

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .classifier import ClassifierInput, classifier_logits
-from .models import LoadedModel
+from ..model.loading import LoadedModel
+from ..model.pruning import active_mask, dropped_attention, expand_cache, new_cache
+from .head import ClassifierInput, classifier_logits
 from .prompts import PromptBuilder, candidate_mask
-from .pruning import active_mask, dropped_attention, expand_cache, new_cache
 
 Progress = Callable[[int, int], None]
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .models import LoadedModel
+from .loading import LoadedModel
 from .pruning import attention_param_count, dropped_attention, validate_mask
 
 

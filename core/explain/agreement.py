@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
-from .errors import UserError
+from ..errors import UserError
 from .faithfulness import rationale_sizes, top_features
 
 DEFAULT_K_PERCENT = 20.0

@@ -32,13 +32,13 @@ import xxhash
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
+from ..cache import ResultCache, cache_key
+from ..errors import UserError
+from ..model.loading import LoadedModel
+from ..model.pruning import dropped_attention, validate_mask
 from . import calibration as cal
-from .cache import ResultCache, cache_key
 from .data import Dataset
-from .errors import UserError
-from .models import LoadedModel
 from .prompts import EncodedInput, PromptBuilder, PromptConfig
-from .pruning import dropped_attention, validate_mask
 
 C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 0.1, 1.0)
 DEFAULT_TRAIN_N = 2000

@@ -26,16 +26,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import calibration as cal
-from .cache import ResultCache
-from .classifier import builder_for
-from .data import Dataset
-from .errors import UserError
-from .evaluation import score_cached
-from .explanations import ExplainConfig, Explainer, dataset_faithfulness
+from ..cache import ResultCache
+from ..errors import UserError
+from ..explain.dataset import ExplainConfig, Explainer, dataset_faithfulness
+from ..model.loading import LoadedModel
+from ..task import calibration as cal
+from ..task.data import Dataset
+from ..task.evaluation import score_cached
+from ..task.head import builder_for
+from ..task.prompts import PromptConfig
 from .importance import attention_scores, calibration_texts
-from .models import LoadedModel
-from .prompts import PromptConfig
 
 StageProgress = Callable[[str, int, int], None]
 

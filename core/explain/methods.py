@@ -34,7 +34,7 @@ from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients, Ke
 from captum.attr._core.lime import get_exp_kernel_similarity_function
 from torch.utils.data import DataLoader
 
-from .errors import UserError
+from ..errors import UserError
 from .features import Features
 from .targets import Target
 

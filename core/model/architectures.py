@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass(frozen=True)

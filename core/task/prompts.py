@@ -17,7 +17,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import UserError
+from ..errors import UserError
 
 STYLES = ("zero-shot", "few-shot", "chat")
 _SENTINEL = "\u2063TEXT\u2063"

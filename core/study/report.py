@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from .errors import UserError
+from ..errors import UserError
 from .figures import LAYOUT, tradeoff_curves
 
 

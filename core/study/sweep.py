@@ -17,15 +17,15 @@ from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 
-from .cache import ResultCache, cache_key
-from .classifier import builder_for
-from .data import Dataset
-from .efficiency import compare_latency
-from .errors import UserError
-from .evaluation import EvalConfig, evaluate
-from .explanations import ExplainConfig, Explainer, dataset_faithfulness
-from .models import LoadedModel
-from .pruning import parse_layer_list, validate_mask
+from ..cache import ResultCache, cache_key
+from ..errors import UserError
+from ..explain.dataset import ExplainConfig, Explainer, dataset_faithfulness
+from ..model.efficiency import compare_latency
+from ..model.loading import LoadedModel
+from ..model.pruning import parse_layer_list, validate_mask
+from ..task.data import Dataset
+from ..task.evaluation import EvalConfig, evaluate
+from ..task.head import builder_for
 
 StageProgress = Callable[[str, float, int], None]
 """(what is running, done, total); a sweep counts done in points, fractions included."""

@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cache import ResultCache, cache_key
-from .classifier import ClassifierInput
-from .data import Dataset, Example
-from .errors import UserError
-from .explainers import DEFAULT_EXPLAINER, EXPLAINER_VERSION, Attribution, explain, resolve_params
+from ..cache import ResultCache, cache_key
+from ..errors import UserError
+from ..model.loading import LoadedModel
+from ..task.data import Dataset, Example
+from ..task.head import ClassifierInput
+from ..task.prompts import PromptBuilder
+from ..task.scoring import Progress
 from .faithfulness import K_PERCENTS, METRIC_VERSION, Faithfulness, faithfulness_many
 from .features import GRANULARITIES, Features, replacement_token, text_features
-from .models import LoadedModel
-from .prompts import PromptBuilder
-from .scoring import Progress
+from .methods import DEFAULT_EXPLAINER, EXPLAINER_VERSION, Attribution, explain, resolve_params
 from .targets import make_target
 
 RANDOM = "random"

@@ -22,8 +22,8 @@ from types import MethodType
 from torch import nn
 from transformers import DynamicCache
 
+from ..errors import UserError
 from .architectures import ArchSpec, spec_for_model
-from .errors import UserError
 
 # model id -> frozenset of dropped layer indices, for the current context only
 _ACTIVE: contextvars.ContextVar[dict[int, frozenset[int]] | None] = contextvars.ContextVar(

@@ -30,10 +30,10 @@ from filelock import FileLock
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from ..errors import OfflineError, UserError
+from ..settings import home
 from .architectures import ArchSpec, spec_for_family
-from .errors import OfflineError, UserError
 from .pruning import install
-from .settings import home
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

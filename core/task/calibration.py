@@ -111,7 +111,7 @@ class CalibrationReport:
 
 def report(probs: np.ndarray, labels: np.ndarray, n_bins: int = DEFAULT_BINS) -> CalibrationReport:
     if n_bins < 1:
-        from .errors import UserError
+        from ..errors import UserError
 
         raise UserError(f"the number of bins must be at least 1 (got {n_bins})")
     labels = np.asarray(labels, dtype=int)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import OfflineError, UserError
+from ..errors import OfflineError, UserError
 from .prompts import Template, round_robin_by_label
 
 SPLITS = ("train", "validation", "test")
@@ -291,7 +291,7 @@ def load_hub_dataset(name: str, data_files: dict[str, str] | None = None) -> Dat
     if data_files is not None:
         raw = hf_datasets.load_dataset("json", data_files=data_files)
     else:
-        from .models import hub_reachable
+        from ..model.loading import hub_reachable
 
         if not hub_reachable():
             raise OfflineError(

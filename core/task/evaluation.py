@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..cache import ResultCache, cache_key
+from ..model.loading import LoadedModel
+from ..model.pruning import validate_mask
 from . import calibration as cal
-from .cache import ResultCache, cache_key
-from .classifier import ClassifierInput, builder_for
 from .data import Dataset, Example
-from .models import LoadedModel
+from .head import ClassifierInput, builder_for
 from .prompts import PromptBuilder, PromptConfig
-from .pruning import validate_mask
 from .scoring import Progress, score_examples
 
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .cache import ResultCache, cache_key
-from .models import LoadedModel
-from .scoring import Progress
+from ..cache import ResultCache, cache_key
+from ..model.loading import LoadedModel
+from ..task.scoring import Progress
 
 DEFAULT_CALIBRATION_SIZE = 256
 METHODS = {"attention": "he2024-attn-cos", "block": "shortgpt-block-influence"}
@@ -47,7 +47,7 @@ class ImportanceScores:
 
     def most_redundant(self, k: int) -> list[int]:
         """The ``k`` most redundant layers, in the order they would be dropped."""
-        from .errors import UserError
+        from ..errors import UserError
 
         if not 0 <= k <= len(self.scores):
             raise UserError(f"k must be between 0 and {len(self.scores)} (got {k})")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 GRANULARITIES = ("word", "token")
 REMOVALS = ("delete", "pad", "unk")
