@@ -3,6 +3,8 @@
 Colours are fixed per role so that every view reads the same way: the full model is blue, the
 pruned model orange, the random baseline grey. Attribution heatmaps use one diverging scale centred
 on zero, shared by every row of a figure.
+
+Metric titles and directions ("ECE (lower is better)") come from `core.metrics.METRICS`, never from here.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..explain.faithfulness import Faithfulness
+from ..metrics import FAITHFULNESS, METRICS, metric
 
 FULL, PRUNED, RANDOM, EXTRA = "#3b5bdb", "#f08c00", "#868e96", "#2b8a3e"
 PALETTE = [FULL, PRUNED, EXTRA, "#ae3ec9", "#e03131"]
@@ -93,8 +96,7 @@ def token_heatmap(rows: Mapping[str, tuple[Sequence[str], Sequence[float]]], wor
 
 def faithfulness_curves(curves: Mapping[str, Faithfulness]) -> go.Figure:
     """Comprehensiveness and sufficiency against k for several runs (random baselines dashed)."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("comprehensiveness (higher is better)",
-                                                        "sufficiency (lower is better)"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=[METRICS[m].axis_title() for m in FAITHFULNESS])
     for i, (name, c) in enumerate(curves.items()):
         colour = RANDOM if "random" in name else _colour(i)
         dash = "dash" if "random" in name else "solid"
@@ -106,16 +108,16 @@ def faithfulness_curves(curves: Mapping[str, Faithfulness]) -> go.Figure:
     return fig
 
 
-TRADEOFF_METRICS = {"accuracy": "accuracy", "ece": "ECE", "comprehensiveness": "comprehensiveness (AOPC)",
-                    "sufficiency": "sufficiency (AOPC)"}
+TRADEOFF_METRICS = ("accuracy", "ece", *FAITHFULNESS)
+"""The metrics `tradeoff_curves` draws, one subplot each, in this order (keys of `METRICS`)."""
 
 
 def tradeoff_curves(table: pd.DataFrame, x: str = "dropped", current: int | None = None) -> go.Figure:
     """Accuracy, ECE, comprehensiveness and sufficiency against the number of attention layers dropped."""
     metrics = [m for m in TRADEOFF_METRICS if m in table and table[m].notna().any()]
-    fig = make_subplots(rows=1, cols=max(len(metrics), 1), subplot_titles=[TRADEOFF_METRICS[m] for m in metrics])
+    fig = make_subplots(rows=1, cols=max(len(metrics), 1), subplot_titles=[METRICS[m].axis_title() for m in metrics])
     for col, m in enumerate(metrics, start=1):
-        fig.add_trace(go.Scatter(x=table[x], y=table[m], mode="lines+markers", name=TRADEOFF_METRICS[m],
+        fig.add_trace(go.Scatter(x=table[x], y=table[m], mode="lines+markers", name=METRICS[m].title,
                                  line=dict(color=_colour(col - 1)), showlegend=False), row=1, col=col)
         random_col = f"random_{m}"
         if random_col in table and table[random_col].notna().any():
@@ -123,7 +125,8 @@ def tradeoff_curves(table: pd.DataFrame, x: str = "dropped", current: int | None
                                      line=dict(color=RANDOM, dash="dash"), showlegend=col == 3), row=1, col=col)
         if "ece_temperature_scaled" in table and m == "ece" and table["ece_temperature_scaled"].notna().any():
             fig.add_trace(go.Scatter(x=table[x], y=table["ece_temperature_scaled"], mode="lines+markers",
-                                     name="ECE after temperature scaling", line=dict(color=EXTRA, dash="dot")),
+                                     name=METRICS["ece_temperature_scaled"].title,
+                                     line=dict(color=EXTRA, dash="dot")),
                           row=1, col=col)
         if current is not None:
             fig.add_vline(x=current, line=dict(color="black", dash="dot", width=1), row=1, col=col)
@@ -133,7 +136,10 @@ def tradeoff_curves(table: pd.DataFrame, x: str = "dropped", current: int | None
 
 
 def pareto_front(x: Sequence[float], y: Sequence[float]) -> list[int]:
-    """Indices of the points no other point beats on both x and y (higher is better), by x."""
+    """Indices of the points no other point beats on both x and y (higher is better), by x.
+
+    For a metric where lower is better, pass its `Metric.oriented` values.
+    """
     pts = list(zip(x, y, strict=True))
     front = [i for i, (a, b) in enumerate(pts)
              if not any((c >= a and d >= b) and (c > a or d > b) for c, d in pts)]
@@ -144,21 +150,23 @@ def pareto_scatter(points: pd.DataFrame, faithfulness: str = "comprehensiveness"
                    current: str | None = None) -> go.Figure:
     """Accuracy against faithfulness for every evaluated mask, the Pareto front drawn, the current mask marked.
 
-    ``points`` has columns ``mask`` (a label), ``dropped``, ``accuracy`` and the faithfulness column.
-    For sufficiency, lower is better, so the front is taken on its negation.
+    ``points`` has columns ``mask`` (a label), ``dropped``, ``accuracy`` and the faithfulness column
+    (a key of `METRICS`). The front follows each metric's direction in `METRICS`: where lower is
+    better (sufficiency), it is taken on the negation.
     """
     fig = go.Figure()
     if points.empty:
         fig.update_layout(**LAYOUT, height=380, title="No mask with faithfulness yet")
         return fig
+    acc, faith = METRICS["accuracy"], metric(faithfulness)
     y = points[faithfulness].to_numpy(dtype=float)
-    front = pareto_front(points["accuracy"].to_list(), (y if faithfulness != "sufficiency" else -y).tolist())
+    front = pareto_front(acc.oriented(points["accuracy"].to_numpy(dtype=float)).tolist(), faith.oriented(y).tolist())
     fig.add_trace(go.Scatter(
         x=points["accuracy"], y=y, mode="markers", name="masks evaluated",
         marker=dict(size=9, color=points["dropped"], colorscale="Viridis", showscale=True,
                     colorbar=dict(title="dropped", thickness=12)),
         text=points["mask"],
-        hovertemplate="%{text}<br>accuracy %{x:.3f}<br>" + faithfulness + " %{y:.3f}<extra></extra>",
+        hovertemplate=f"%{{text}}<br>{acc.title} %{{x:.3f}}<br>{faith.title} %{{y:.3f}}<extra></extra>",
     ))
     fig.add_trace(go.Scatter(x=points["accuracy"].iloc[front], y=y[front], mode="lines", name="Pareto front",
                              line=dict(color="black", dash="dash")))
@@ -166,7 +174,7 @@ def pareto_scatter(points: pd.DataFrame, faithfulness: str = "comprehensiveness"
         row = points[points["mask"] == current].iloc[0]
         fig.add_trace(go.Scatter(x=[row["accuracy"]], y=[row[faithfulness]], mode="markers", name="current mask",
                                  marker=dict(size=18, symbol="star", color=PRUNED, line=dict(color="black", width=1))))
-    fig.update_layout(**LAYOUT, height=420, xaxis_title="accuracy", yaxis_title=f"{faithfulness} (AOPC)")
+    fig.update_layout(**LAYOUT, height=420, xaxis_title=acc.axis_title(), yaxis_title=faith.axis_title())
     return fig
 
 

@@ -1,7 +1,8 @@
 """A self-contained HTML report of a sweep: curves, the table and the settings, working offline.
 
 plotly.js is embedded once in the page (no script is fetched from a CDN), so the file can be mailed
-or opened on a machine with no network.
+or opened on a machine with no network. Metric titles, directions and meanings come from
+`core.metrics.METRICS`.
 """
 
 from __future__ import annotations
@@ -14,18 +15,48 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ..errors import UserError
-from .figures import LAYOUT, tradeoff_curves
+from ..metrics import METRICS
+from .figures import LAYOUT, TRADEOFF_METRICS, tradeoff_curves
 
 
 def _calibration_repair(table: pd.DataFrame) -> go.Figure:
+    ece, scaled = METRICS["ece"], METRICS["ece_temperature_scaled"]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=table["dropped"], y=table["ece"], mode="lines+markers", name="ECE"))
-    if "ece_temperature_scaled" in table and table["ece_temperature_scaled"].notna().any():
-        fig.add_trace(go.Scatter(x=table["dropped"], y=table["ece_temperature_scaled"], mode="lines+markers",
-                                 name="ECE after temperature scaling (fitted on validation, per mask)"))
+    fig.add_trace(go.Scatter(x=table["dropped"], y=table["ece"], mode="lines+markers", name=ece.title))
+    if scaled.key in table and table[scaled.key].notna().any():
+        fig.add_trace(go.Scatter(x=table["dropped"], y=table[scaled.key], mode="lines+markers",
+                                 name=f"{scaled.title} (fitted on validation, per mask)"))
     fig.update_layout(**LAYOUT, height=340, title="Calibration before and after temperature scaling",
-                      xaxis_title="attention layers dropped", yaxis_title="ECE")
+                      xaxis_title="attention layers dropped", yaxis_title=ece.axis_title())
     return fig
+
+
+def _directions(keys: list[str]) -> str:
+    """One sentence on which way is better for the metrics ``keys``, read from `METRICS`.
+
+    E.g. "Lower is better for ECE and sufficiency; higher for accuracy and comprehensiveness."
+    """
+    def names(better: str) -> str:
+        titles = [METRICS[k].title for k in keys if METRICS[k].better == better]
+        return ", ".join(titles[:-1]) + " and " + titles[-1] if len(titles) > 1 else "".join(titles)
+    lower, higher = names("lower"), names("higher")
+    parts = [f"lower is better for {lower}"] if lower else []
+    if higher:
+        parts.append(f"higher for {higher}" if lower else f"higher is better for {higher}")
+    sentence = "; ".join(parts)
+    return sentence[:1].upper() + sentence[1:] + "." if parts else ""
+
+
+def _glossary(table: pd.DataFrame) -> str:
+    """One row per metric column of ``table``: its title, direction, range and meaning."""
+    def bound(v: float) -> str:
+        return "∞" if v == float("inf") else f"{v:g}"
+    rows = "".join(
+        f"<tr><th>{html.escape(m.key)}</th><td>{html.escape(m.title)}</td><td>{m.better}</td>"
+        f"<td>{bound(m.range[0])} to {bound(m.range[1])}</td><td>{html.escape(m.meaning)}</td></tr>"
+        for m in METRICS.values() if m.key in table)
+    return ("<table class=\"settings\"><tr><th>column</th><th>metric</th><th>better</th><th>range</th>"
+            f"<th>meaning</th></tr>{rows}</table>")
 
 
 def check_sweep_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -69,11 +100,13 @@ th {{ background: #f5f5f5; }}
 <h1>{html.escape(title)}</h1>
 <p>Each row drops one more attention layer, in the strategy's order. Accuracy and calibration on the
 test sample; comprehensiveness and sufficiency (ERASER AOPC; the random baseline dashed) on its first
-examples. Lower is better for ECE and sufficiency.</p>
+examples. {_directions([m for m in TRADEOFF_METRICS if m in table])}</p>
 {parts[0]}
 {parts[1]}
 <h2>Table</h2>
 <div class="scroll">{table.round(4).to_html(index=False, na_rep="", border=0)}</div>
+<h2>Metrics</h2>
+{_glossary(table)}
 <h2>Settings</h2>
 <table class="settings">{rows}</table>
 </body></html>

@@ -1,0 +1,120 @@
+"""The metrics table: one row per metric, read by every figure, table, difference and report.
+
+Each `Metric` says how the metric is shown (``title``), which way is better (``better``), the values
+it can take (``range``), what it means in one plain line (``meaning``) and how its uncertainty is
+estimated (``interval``). Front ends never spell out "lower is better" themselves: they ask the
+table (`Metric.axis_title`, `Metric.lower_is_better`, `Metric.improved`, `Metric.oriented`).
+
+The keys are the column names a sweep writes (`core.study.sweep.COLUMNS`) and the fields of
+`core.task.calibration.CalibrationReport`. The definitions live in `core.task.calibration` and
+`core.explain.faithfulness`; the meanings here describe them and must follow them.
+
+This is a root module: it imports nothing from the rest of ``core`` but `core.errors`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from .errors import UserError
+
+T = TypeVar("T")
+
+WILSON = "Wilson score; paired difference: bootstrap over examples and exact McNemar"
+BOOTSTRAP = "percentile bootstrap over examples; paired for differences"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric: its display title, which way is better, its range and what it means."""
+
+    key: str
+    """The column name, as a sweep or `CalibrationReport` writes it (e.g. ``"ece"``)."""
+    title: str
+    """How it is shown in figures and tables (e.g. ``"ECE"``)."""
+    better: Literal["higher", "lower"]
+    range: tuple[float, float]
+    """The lowest and highest value it can take (``math.inf`` when unbounded)."""
+    meaning: str
+    """One plain-language line for a newcomer."""
+    interval: str
+    """How its confidence interval (and that of a difference between two masks) is computed."""
+
+    def __post_init__(self) -> None:
+        if self.better not in ("higher", "lower"):
+            raise ValueError(f"metric {self.key!r}: better must be 'higher' or 'lower' (got {self.better!r})")
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.better == "lower"
+
+    def axis_title(self) -> str:
+        """The title with its direction, for an axis or a subplot: ``"ECE (lower is better)"``."""
+        return f"{self.title} ({self.better} is better)"
+
+    def oriented(self, value: T) -> T:
+        """``value`` turned so that higher is always better: itself, or its negation when lower is better.
+
+        Works on numbers and on numpy arrays or pandas series; use it to rank, or to take a Pareto front.
+        """
+        return -value if self.lower_is_better else value  # type: ignore[operator]
+
+    def improved(self, difference: float) -> bool:
+        """Whether a change of ``difference`` (new - old) is an improvement; no change is not one."""
+        return self.oriented(difference) > 0
+
+
+METRICS: dict[str, Metric] = {m.key: m for m in (
+    Metric("accuracy", "accuracy", "higher", (0.0, 1.0),
+           "The share of examples whose most probable answer is the correct one.", WILSON),
+    Metric("ece", "ECE", "lower", (0.0, 1.0),
+           "Expected calibration error: the gap between confidence and accuracy in 15 equal-width confidence "
+           "bins (by default), averaged with each bin weighted by its share of examples; 0 means the model is "
+           "exactly as sure as it is right.", BOOTSTRAP),
+    Metric("adaptive_ece", "adaptive ECE", "lower", (0.0, 1.0),
+           "ECE with equal-mass bins (each holds the same number of examples, 15 bins by default), so no bin "
+           "is nearly empty when the answers bunch up at high confidence.", BOOTSTRAP),
+    Metric("mce", "MCE", "lower", (0.0, 1.0),
+           "Maximum calibration error: the largest gap between confidence and accuracy in any non-empty "
+           "equal-width bin (the worst bin, however few examples it holds).", BOOTSTRAP),
+    Metric("brier", "Brier score", "lower", (0.0, 2.0),
+           "The mean over examples of the sum over answers of (probability - 1 if correct else 0)^2: 0 is "
+           "certain and right, 2 certain and wrong. This multi-class form is twice the binary Brier score "
+           "most papers report for two classes.", BOOTSTRAP),
+    Metric("nll", "NLL", "lower", (0.0, math.inf),
+           "Negative log-likelihood: the mean of -log(probability given to the correct answer); 0 is certain "
+           "and right, and it grows without bound when a confident answer is wrong.", BOOTSTRAP),
+    Metric("ece_temperature_scaled", "ECE after temperature scaling", "lower", (0.0, 1.0),
+           "ECE once the logits are divided by one temperature, fitted on validation examples for each mask "
+           "to minimise NLL: the miscalibration that a single rescaling of confidence cannot repair.",
+           BOOTSTRAP),
+    Metric("comprehensiveness", "comprehensiveness", "higher", (-1.0, 1.0),
+           "ERASER comprehensiveness (AOPC): how much the predicted answer's probability drops when the "
+           "explanation's top k% of words are removed, averaged over k = 1, 5, 10, 20, 50% (by default); "
+           "high means the highlighted words mattered.", BOOTSTRAP),
+    Metric("sufficiency", "sufficiency", "lower", (-1.0, 1.0),
+           "ERASER sufficiency (AOPC): how much the predicted answer's probability drops when only the "
+           "explanation's top k% of words are kept, averaged over k = 1, 5, 10, 20, 50% (by default); "
+           "low means the highlighted words alone were enough.", BOOTSTRAP),
+    Metric("random_comprehensiveness", "random-baseline comprehensiveness", "higher", (-1.0, 1.0),
+           "Comprehensiveness of a seeded random explanation of the same examples: the floor that a real "
+           "explainer should rise above.", BOOTSTRAP),
+    Metric("random_sufficiency", "random-baseline sufficiency", "lower", (-1.0, 1.0),
+           "Sufficiency of a seeded random explanation of the same examples: the ceiling that a real "
+           "explainer should stay below.", BOOTSTRAP),
+)}
+
+CALIBRATION: tuple[str, ...] = ("accuracy", "ece", "adaptive_ece", "mce", "brier", "nll")
+"""The metrics of one evaluation, in the order of `core.task.calibration.CalibrationReport`."""
+FAITHFULNESS: tuple[str, ...] = ("comprehensiveness", "sufficiency")
+"""The ERASER faithfulness metrics of an explanation (their random baselines are ``random_<key>``)."""
+
+
+def metric(key: str) -> Metric:
+    """The metric named ``key``, or a `UserError` that lists the known ones."""
+    try:
+        return METRICS[key]
+    except KeyError:
+        raise UserError(f"unknown metric {key!r}; known metrics: {', '.join(METRICS)}") from None

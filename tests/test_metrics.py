@@ -1,0 +1,110 @@
+"""The metrics table: complete for every metric a sweep writes, right about directions and ranges,
+and the one source of the titles and directions that figures and the report show."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.errors import UserError
+from core.explain.faithfulness import Faithfulness
+from core.metrics import CALIBRATION, FAITHFULNESS, METRICS, Metric, metric
+from core.study.figures import faithfulness_curves, pareto_scatter, tradeoff_curves
+from core.study.report import render
+from core.study.sweep import COLUMNS
+from core.task import calibration as cal
+
+NOT_METRICS = {"dropped", "layers", "temperature", "seconds", "latency_ms", "latency_full_ms"}
+
+
+def test_every_metric_column_of_a_sweep_has_one_row() -> None:
+    assert set(METRICS) == set(COLUMNS) - NOT_METRICS
+    assert all(key == m.key for key, m in METRICS.items())
+    report_fields = [f.name for f in dataclasses.fields(cal.CalibrationReport) if f.name != "n_bins"]
+    assert list(CALIBRATION) == report_fields
+    assert set(FAITHFULNESS) | {f"random_{k}" for k in FAITHFULNESS} <= set(METRICS)
+    for m in METRICS.values():
+        assert m.title and m.meaning and m.interval and m.range[0] < m.range[1]
+
+
+def test_directions_and_ranges() -> None:
+    assert {k for k, m in METRICS.items() if not m.lower_is_better} == {
+        "accuracy", "comprehensiveness", "random_comprehensiveness"}
+    for k in ("ece", "adaptive_ece", "mce", "brier", "nll", "ece_temperature_scaled", "sufficiency"):
+        assert METRICS[k].better == "lower"
+    for k in FAITHFULNESS:
+        assert METRICS[f"random_{k}"].better == METRICS[k].better and METRICS[k].range == (-1.0, 1.0)
+    assert METRICS["nll"].range == (0.0, math.inf) and METRICS["accuracy"].range == (0.0, 1.0)
+    assert "Wilson" in METRICS["accuracy"].interval and "bootstrap" in METRICS["ece"].interval
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_brier_range_is_the_multiclass_worst_and_best_case(k: int) -> None:
+    wrong = np.eye(k)[[1, 0]]  # certain of the wrong answer, for labels 0 and 1
+    right = np.eye(k)[[0, 1]]
+    labels = np.array([0, 1])
+    assert cal.brier(wrong, labels) == pytest.approx(METRICS["brier"].range[1]) == pytest.approx(2.0)
+    assert cal.brier(right, labels) == pytest.approx(METRICS["brier"].range[0])
+    assert "twice the binary" in METRICS["brier"].meaning
+
+
+def test_calibration_metrics_stay_in_their_ranges() -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=200)
+    report = cal.report(probs, rng.integers(0, 3, size=200)).as_dict()
+    for k in CALIBRATION:
+        low, high = METRICS[k].range
+        assert low <= report[k] <= high, k
+
+
+def test_helpers() -> None:
+    ece, acc = METRICS["ece"], METRICS["accuracy"]
+    assert ece.axis_title() == "ECE (lower is better)" and acc.axis_title() == "accuracy (higher is better)"
+    assert ece.improved(-0.01) and not ece.improved(0.01) and not ece.improved(0.0)
+    assert acc.improved(0.01) and not acc.improved(-0.01)
+    assert ece.oriented(0.2) == -0.2 and acc.oriented(0.2) == 0.2
+    assert list(ece.oriented(np.array([0.1, 0.3]))) == [-0.1, -0.3]
+    assert metric("brier") is METRICS["brier"]
+    with pytest.raises(UserError, match="unknown metric 'f1'.*accuracy"):
+        metric("f1")
+    with pytest.raises(ValueError):
+        Metric("x", "x", "sideways", (0, 1), "", "")  # type: ignore[arg-type]
+
+
+def _subplot_titles(fig) -> list[str]:
+    return [a.text for a in fig.layout.annotations]
+
+
+def test_figures_take_titles_from_the_table() -> None:
+    c = Faithfulness([1, 5, 10, 20, 50], 0.9, [0.1, 0.2, 0.3, 0.4, 0.5], [0.5, 0.4, 0.3, 0.2, 0.1])
+    assert _subplot_titles(faithfulness_curves({"full model": c})) == [METRICS[k].axis_title() for k in FAITHFULNESS]
+    table = pd.DataFrame({"dropped": [0, 1], "accuracy": [0.8, 0.82], "ece": [0.1, 0.2],
+                          "ece_temperature_scaled": [0.05, 0.06], "comprehensiveness": [0.3, 0.2],
+                          "sufficiency": [0.1, 0.2]})
+    fig = tradeoff_curves(table)
+    keys = ["accuracy", "ece", "comprehensiveness", "sufficiency"]
+    assert _subplot_titles(fig) == [METRICS[k].axis_title() for k in keys]
+    assert METRICS["ece_temperature_scaled"].title in [t.name for t in fig.data]
+    html = render(table, {})
+    assert "Lower is better for ECE and sufficiency" in html and METRICS["brier"].meaning not in html
+    assert METRICS["ece"].meaning in html
+
+
+def test_pareto_front_follows_the_direction_in_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the most accurate mask also has the highest faithfulness value
+    points = pd.DataFrame({"mask": ["none", "1", "1,2"], "dropped": [0, 1, 2], "accuracy": [0.9, 0.8, 0.7],
+                           "comprehensiveness": [0.3, 0.2, 0.1], "sufficiency": [0.3, 0.2, 0.1]})
+    # higher is better: the first mask beats the others on both
+    assert list(pareto_scatter(points, "comprehensiveness").data[1].x) == [0.9]
+    # lower is better: each trades accuracy for faithfulness, so all are on the front
+    fig = pareto_scatter(points, "sufficiency")
+    assert list(fig.data[1].x) == [0.7, 0.8, 0.9]
+    assert fig.layout.yaxis.title.text == METRICS["sufficiency"].axis_title()
+    assert fig.layout.xaxis.title.text == METRICS["accuracy"].axis_title()
+    # the direction is read from the table, not from the metric's name
+    monkeypatch.setitem(METRICS, "sufficiency", dataclasses.replace(METRICS["sufficiency"], better="higher"))
+    assert list(pareto_scatter(points, "sufficiency").data[1].x) == [0.9]
