@@ -18,19 +18,23 @@ explainers sum the attribution over the embedding dimension and over a word's to
 
 Sampling uses its own seeded generator, never torch's global one, so an explanation is the same
 whichever thread computes it.
+
+Each explainer is one function, registered with its metadata by `_register` in `EXPLAINERS` (in
+menu order); `explain` computes the unperturbed prediction and hands it to that function as a
+`Call`.
 """
 
 from __future__ import annotations
 
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from captum._utils.models.model import Model
-from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients, KernelShap, Lime
+from captum.attr import FeatureAblation, InputXGradient, IntegratedGradients, KernelShap, Lime, LimeBase
 from captum.attr._core.lime import get_exp_kernel_similarity_function
 from torch.utils.data import DataLoader
 
@@ -43,31 +47,68 @@ EXPLAINER_VERSION = 1
 
 
 @dataclass(frozen=True)
+class Call:
+    """One explanation request, as an explainer's function gets it: the input, the explainer's
+    resolved parameters and the target's prediction on the unperturbed input."""
+
+    target: Target
+    features: Features
+    params: Mapping[str, object]
+    probs: np.ndarray
+    predicted: int
+    replacement: int | None
+    """The token that replaces removed tokens (None deletes them)."""
+    n_options: int
+
+    @property
+    def seed(self) -> int:
+        """The per-input seed of an explainer with a ``seed`` parameter."""
+        return _seed_for(int(self.params["seed"]), self.features)  # type: ignore[call-overload]
+
+    @property
+    def feature_mask(self) -> torch.Tensor:
+        """[1, n_tokens] the feature of each token: Captum's ``feature_mask`` over token presence."""
+        return torch.tensor([self.features.groups])
+
+    def forward(self, presence: torch.Tensor) -> torch.Tensor:
+        """[n_rows, n_answers] answer probabilities for rows of token presence (1 keeps a token)."""
+        rows = [_ids_from_presence(self.features, p, self.replacement) for p in presence]
+        return torch.from_numpy(self.target.probs(rows, self.n_options)).float()
+
+
+_Run = Callable[[Call], np.ndarray]
+"""An explainer's function: one score per feature for the call's predicted answer."""
+
+
+@dataclass(frozen=True)
 class ExplainerInfo:
+    """An explainer: what the UI and the command line show of it, and the function that scores."""
+
     name: str
     title: str
     kind: str
     """'perturbation', 'gradient' or 'baseline'."""
     defaults: Mapping[str, object]
     description: str
+    run: _Run = field(repr=False)
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-EXPLAINERS: dict[str, ExplainerInfo] = {e.name: e for e in [
-    ExplainerInfo("lime", "LIME", "perturbation", {"n_samples": 200, "kernel_width": 0.25, "alpha": 1.0, "seed": 0},
-                  "weighted ridge regression on random word subsets (cosine kernel)"),
-    ExplainerInfo("kernel-shap", "Kernel SHAP", "perturbation", {"n_samples": 200, "seed": 0},
-                  "Shapley values estimated from word coalitions sampled by the Shapley kernel"),
-    ExplainerInfo("integrated-gradients", "Integrated Gradients", "gradient", {"n_steps": 32, "baseline": "zero"},
-                  "path integral of gradients from a baseline embedding to the input embeddings",
-                  choices={"baseline": ("zero", "pad", "unk")}),
-    ExplainerInfo("gradient-x-input", "Gradient x Input", "gradient", {},
-                  "gradient of the answer probability times the input embedding"),
-    ExplainerInfo("occlusion", "Occlusion", "perturbation", {},
-                  "drop in the answer probability when one word is removed"),
-    ExplainerInfo("random", "Random", "baseline", {"seed": 0},
-                  "seeded uniform random scores: the baseline for faithfulness"),
-]}
+EXPLAINERS: dict[str, ExplainerInfo] = {}
+"""Every explainer by name, in menu order; filled by `_register` below."""
+
+
+def _register(name: str, title: str, kind: str, defaults: Mapping[str, object], description: str,
+              choices: Mapping[str, tuple[str, ...]] | None = None) -> Callable[[_Run], _Run]:
+    """Decorator: add the function to `EXPLAINERS` as the explainer ``name``."""
+
+    def add(run: _Run) -> _Run:
+        EXPLAINERS[name] = ExplainerInfo(name, title, kind, defaults, description, run, choices or {})
+        return run
+
+    return add
+
+
 DEFAULT_EXPLAINER = "lime"
 
 
@@ -204,41 +245,7 @@ def explain(target: Target, features: Features, explainer: str = DEFAULT_EXPLAIN
     start = time.perf_counter()
     probs = target.probs([list(features.ids)], n_options)[0]
     predicted = int(np.argmax(probs))
-    groups = torch.tensor([features.groups])
-    n = features.n
-
-    def forward(presence: torch.Tensor) -> torch.Tensor:
-        rows = [_ids_from_presence(features, p, replacement) for p in presence]
-        return torch.from_numpy(target.probs(rows, n_options)).float()
-
-    if explainer == "random":
-        rng = np.random.default_rng(_seed_for(int(params["seed"]), features))  # type: ignore[call-overload]
-        scores = rng.random(n)
-    elif explainer in ("lime", "kernel-shap") and n == 1:
-        # one feature: its Shapley value (and LIME's only sensible answer) is p(x) - p(nothing)
-        empty = features.ids_keeping([False], replacement)
-        scores = np.array([probs[predicted] - target.probs([empty], n_options)[0, predicted]])
-    elif explainer in ("lime", "kernel-shap"):
-        generator = torch.Generator().manual_seed(_seed_for(int(params["seed"]), features))  # type: ignore[call-overload]
-        if explainer == "lime":
-            method = Lime(forward, interpretable_model=_WeightedRidge(float(params["alpha"])),  # type: ignore[arg-type]
-                          similarity_func=get_exp_kernel_similarity_function("cosine", float(params["kernel_width"])),  # type: ignore[arg-type]
-                          perturb_func=lambda _inp, **kw: torch.bernoulli(
-                              torch.full((1, int(kw["num_interp_features"])), 0.5), generator=generator).long())
-        else:
-            method = _SeededKernelShap(forward, generator)
-            method.interpretable_model = _WeightedRidge(0.0)
-        n_samples = int(params["n_samples"])  # type: ignore[call-overload]
-        coefs = method.attribute(torch.ones(1, len(features.ids)), baselines=0.0, target=predicted,
-                                 feature_mask=groups, n_samples=n_samples, perturbations_per_eval=n_samples,
-                                 return_input_shape=False)
-        scores = coefs.reshape(-1).double().numpy()
-    elif explainer == "occlusion":
-        attr = FeatureAblation(forward).attribute(torch.ones(1, len(features.ids)), baselines=0.0, target=predicted,
-                                                  feature_mask=groups, perturbations_per_eval=n)
-        scores = _per_feature(attr[0].double().numpy(), features, reduce="first")
-    else:
-        scores = _gradient_scores(target, features, explainer, params, predicted, n_options)
+    scores = EXPLAINERS[explainer].run(Call(target, features, params, probs, predicted, replacement, n_options))
     return Attribution(explainer=explainer, params=params, names=list(features.names),
                        scores=np.asarray(scores, dtype=np.float64), predicted=predicted, probs=probs,
                        seconds=time.perf_counter() - start, granularity=features.granularity)
@@ -263,28 +270,103 @@ def _per_feature(token_values: np.ndarray, features: Features, reduce: str) -> n
     return out
 
 
-def _gradient_scores(target: Target, features: Features, explainer: str, params: Mapping[str, object],
-                     predicted: int, n_options: int) -> np.ndarray:
-    embeds = target.embed(features.ids)
+_Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _sampled_scores(call: Call, method: Callable[[torch.Generator], LimeBase]) -> np.ndarray:
+    """The surrogate model's coefficients of a sampling explainer (LIME or Kernel SHAP).
+
+    ``method`` builds the Captum explainer around the call's seeded generator.
+    """
+    features, predicted = call.features, call.predicted
+    if features.n == 1:
+        # one feature: its Shapley value (and LIME's only sensible answer) is p(x) - p(nothing)
+        empty = features.ids_keeping([False], call.replacement)
+        return np.array([call.probs[predicted] - call.target.probs([empty], call.n_options)[0, predicted]])
+    n_samples = int(call.params["n_samples"])  # type: ignore[call-overload]
+    coefs = method(torch.Generator().manual_seed(call.seed)).attribute(
+        torch.ones(1, len(features.ids)), baselines=0.0, target=predicted, feature_mask=call.feature_mask,
+        n_samples=n_samples, perturbations_per_eval=n_samples, return_input_shape=False)
+    return coefs.reshape(-1).double().numpy()
+
+
+def _gradient_scores(call: Call, attribute: Callable[[_Forward, torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """A gradient attribution over the input embeddings, summed over dimensions and a feature's tokens.
+
+    ``attribute(forward, embeds)`` runs the Captum method (with gradients enabled) on the function
+    from embeddings to answer probabilities.
+    """
+    embeds = call.target.embed(call.features.ids)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return target.probs_from_embeddings(x, n_options)
+        return call.target.probs_from_embeddings(x, call.n_options)
 
     with torch.enable_grad():
-        if explainer == "gradient-x-input":
-            attr = InputXGradient(forward).attribute(embeds.clone().requires_grad_(),
-                                                                           target=predicted)
-        else:
-            kind = str(params["baseline"])
-            if kind == "zero":
-                baseline = torch.zeros_like(embeds)
-            else:
-                token = target.special_ids.get(kind)
-                if token is None:
-                    raise UserError(f"this model's tokenizer has no {kind} token; use the zero baseline")
-                baseline = target.embed([token] * len(features.ids))
-            steps = int(params["n_steps"])  # type: ignore[call-overload]
-            attr = IntegratedGradients(forward).attribute(
-                embeds, baselines=baseline, target=predicted, n_steps=steps, internal_batch_size=steps)
+        attr = attribute(forward, embeds)
     token_values = attr[0].sum(dim=-1).detach().double().numpy()
-    return _per_feature(token_values, features, reduce="sum")
+    return _per_feature(token_values, call.features, reduce="sum")
+
+
+@_register("lime", "LIME", "perturbation", {"n_samples": 200, "kernel_width": 0.25, "alpha": 1.0, "seed": 0},
+           "weighted ridge regression on random word subsets (cosine kernel)")
+def _lime(call: Call) -> np.ndarray:
+    def method(generator: torch.Generator) -> LimeBase:
+        return Lime(call.forward, interpretable_model=_WeightedRidge(float(call.params["alpha"])),  # type: ignore[arg-type]
+                    similarity_func=get_exp_kernel_similarity_function("cosine", float(call.params["kernel_width"])),  # type: ignore[arg-type]
+                    perturb_func=lambda _inp, **kw: torch.bernoulli(
+                        torch.full((1, int(kw["num_interp_features"])), 0.5), generator=generator).long())
+
+    return _sampled_scores(call, method)
+
+
+@_register("kernel-shap", "Kernel SHAP", "perturbation", {"n_samples": 200, "seed": 0},
+           "Shapley values estimated from word coalitions sampled by the Shapley kernel")
+def _kernel_shap(call: Call) -> np.ndarray:
+    def method(generator: torch.Generator) -> LimeBase:
+        shap = _SeededKernelShap(call.forward, generator)
+        shap.interpretable_model = _WeightedRidge(0.0)
+        return shap
+
+    return _sampled_scores(call, method)
+
+
+@_register("integrated-gradients", "Integrated Gradients", "gradient", {"n_steps": 32, "baseline": "zero"},
+           "path integral of gradients from a baseline embedding to the input embeddings",
+           choices={"baseline": ("zero", "pad", "unk")})
+def _integrated_gradients(call: Call) -> np.ndarray:
+    def attribute(forward: _Forward, embeds: torch.Tensor) -> torch.Tensor:
+        kind = str(call.params["baseline"])
+        if kind == "zero":
+            baseline = torch.zeros_like(embeds)
+        else:
+            token = call.target.special_ids.get(kind)
+            if token is None:
+                raise UserError(f"this model's tokenizer has no {kind} token; use the zero baseline")
+            baseline = call.target.embed([token] * len(call.features.ids))
+        steps = int(call.params["n_steps"])  # type: ignore[call-overload]
+        return IntegratedGradients(forward).attribute(
+            embeds, baselines=baseline, target=call.predicted, n_steps=steps, internal_batch_size=steps)
+
+    return _gradient_scores(call, attribute)
+
+
+@_register("gradient-x-input", "Gradient x Input", "gradient", {},
+           "gradient of the answer probability times the input embedding")
+def _gradient_x_input(call: Call) -> np.ndarray:
+    return _gradient_scores(call, lambda forward, embeds: InputXGradient(forward).attribute(
+        embeds.clone().requires_grad_(), target=call.predicted))
+
+
+@_register("occlusion", "Occlusion", "perturbation", {},
+           "drop in the answer probability when one word is removed")
+def _occlusion(call: Call) -> np.ndarray:
+    attr = FeatureAblation(call.forward).attribute(
+        torch.ones(1, len(call.features.ids)), baselines=0.0, target=call.predicted,
+        feature_mask=call.feature_mask, perturbations_per_eval=call.features.n)
+    return _per_feature(attr[0].double().numpy(), call.features, reduce="first")
+
+
+@_register("random", "Random", "baseline", {"seed": 0},
+           "seeded uniform random scores: the baseline for faithfulness")
+def _random(call: Call) -> np.ndarray:
+    return np.random.default_rng(call.seed).random(call.features.n)
