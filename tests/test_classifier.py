@@ -11,7 +11,7 @@ from tiny_models import tiny_bert, tiny_bert_loaded, tiny_loaded
 
 from core.cache import ResultCache
 from core.errors import UserError
-from core.explain.dataset import ExplainConfig, Explainer
+from core.explain.dataset import DatasetExplainer, ExplainConfig
 from core.explain.features import text_features
 from core.explain.methods import explain
 from core.explain.targets import ClassifierTarget, make_target
@@ -29,6 +29,7 @@ from core.task.head import (
     logistic_objective,
     train_head,
 )
+from core.task.setup import Setup
 
 WORDS_POS = ["good", "great", "loved", "wonderful", "funny", "moving"]
 WORDS_NEG = ["bad", "boring", "terrible", "awful", "plot", "dialogue"]
@@ -190,7 +191,7 @@ def _by_hand(lm, head: Head, text: str, drop=()) -> np.ndarray:
 @pytest.mark.parametrize("drop", [(), (0,), (1, 3)])
 def test_evaluate_reads_the_frozen_head_on_padded_batches(setup, drop) -> None:
     lm, ds = setup
-    result = evaluate(lm, ds, EvalConfig(n=9, drop=drop, val_n=0, batch_size=4))
+    result = evaluate(Setup(lm, ds), EvalConfig(n=9, drop=drop, val_n=0, batch_size=4))
     head = train_head(lm, ds)  # the head of the full encoder: pruning happens after training
     assert head.fitted_on == ()
     assert result.prompt["head"] == head.fingerprint and result.prompt["head_fitted_on"] == []
@@ -212,8 +213,8 @@ def test_heads_are_cached_by_content_and_refit_on_the_pruned_encoder(setup, tmp_
     finally:
         hook.remove()
     assert refit.fitted_on == (1, 3) and refit.fingerprint != first.fingerprint
-    frozen = evaluate(lm, ds, EvalConfig(n=9, drop=(1, 3), val_n=0), cache)
-    refitted = evaluate(lm, ds, EvalConfig(n=9, drop=(1, 3), val_n=0, refit_head=True), cache)
+    frozen = evaluate(Setup(lm, ds, cache=cache), EvalConfig(n=9, drop=(1, 3), val_n=0))
+    refitted = evaluate(Setup(lm, ds, refit_head=True, cache=cache), EvalConfig(n=9, drop=(1, 3), val_n=0))
     assert frozen.prompt["head"] == first.fingerprint and refitted.prompt["head"] == refit.fingerprint
     assert not np.allclose(frozen.logits, refitted.logits)
     for ex, probs in zip(refitted.examples, refitted.probs, strict=True):
@@ -240,7 +241,7 @@ def test_classifier_target_agrees_with_evaluate_and_its_embedding_path(setup, dr
     builder = builder_for(lm, ds)
     target = make_target(lm, builder, drop)
     assert isinstance(target, ClassifierTarget)
-    result = evaluate(lm, ds, EvalConfig(n=5, drop=drop, val_n=0))
+    result = evaluate(Setup(lm, ds), EvalConfig(n=5, drop=drop, val_n=0))
     ids = [builder.encode(ex.text).ids[:-1] for ex in result.examples]
     np.testing.assert_allclose(target.probs(ids), result.probs, atol=1e-6)
     for row, x in enumerate(ids):
@@ -264,6 +265,6 @@ def test_explainers_work_unchanged_on_the_classifier(setup) -> None:
     with torch.no_grad():
         gap = (target.probs_from_embeddings(emb) - target.probs_from_embeddings(torch.zeros_like(emb)))[0, ig.predicted]
     assert ig.scores.sum() == pytest.approx(float(gap), abs=2e-3)
-    explainer = Explainer(lm, ds, builder, "test", (1,), ExplainConfig.make("occlusion"))
+    explainer = DatasetExplainer(Setup(lm, ds), (1,), ExplainConfig.make("occlusion"))
     a, _ = explainer.explain(ds.splits["test"][0])
     assert list(a.names) == list(text_features(lm.tokenizer, ds.splits["test"][0].text).names)

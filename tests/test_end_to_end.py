@@ -45,13 +45,13 @@ def test_evaluate_json_predictions_and_cache(fresh_results, capsys, tmp_path) ->
 
 
 def test_dropping_layers_changes_answers_and_cache_agrees_with_no_cache(fresh_results) -> None:
-    from core import EvalConfig, evaluate, load_dataset, load_model
+    from core import EvalConfig, Setup, evaluate, load_dataset, load_model
     from core.task.prompts import PromptBuilder, PromptConfig
     from core.task.scoring import score_examples
 
     lm, ds = load_model(), load_dataset()
-    full = evaluate(lm, ds, EvalConfig(n=24, val_n=0))
-    pruned = evaluate(lm, ds, EvalConfig(n=24, val_n=0, drop=(0, 25, 26)))
+    full = evaluate(Setup(lm, ds), EvalConfig(n=24, val_n=0))
+    pruned = evaluate(Setup(lm, ds), EvalConfig(n=24, val_n=0, drop=(0, 25, 26)))
     assert not np.allclose(full.probs, pruned.probs, atol=1e-3)
     builder = PromptBuilder(lm.tokenizer, ds, PromptConfig(), lm.has_chat_template, lm.max_positions)
     examples = full.examples[:12]

@@ -58,15 +58,12 @@ def test_bad_explain_input_gets_a_clear_message(fresh_results, capsys, argv, mes
 
 
 def test_lime_and_kernel_shap_beat_the_random_baseline_on_real_reviews(fresh_results) -> None:
-    from core import load_dataset, load_model
-    from core.explain.dataset import ExplainConfig, Explainer, dataset_faithfulness
-    from core.task.prompts import PromptBuilder, PromptConfig
+    from core import DatasetExplainer, ExplainConfig, Setup, dataset_faithfulness, load_dataset, load_model
 
     lm, ds = load_model(), load_dataset()
-    builder = PromptBuilder(lm.tokenizer, ds, PromptConfig(), lm.has_chat_template, lm.max_positions)
     examples, _ = ds.sample("test", 30, seed=0)
     for name in ("lime", "kernel-shap"):
-        explainer = Explainer(lm, ds, builder, "test", (), ExplainConfig.make(name, {"n_samples": 100}))
+        explainer = DatasetExplainer(Setup(lm, ds), (), ExplainConfig.make(name, {"n_samples": 100}))
         s = dataset_faithfulness(explainer, examples).summary()
         assert s["comprehensiveness"] > s["random_baseline_comprehensiveness"] + 0.05, s
         assert s["sufficiency"] < s["random_baseline_sufficiency"], s

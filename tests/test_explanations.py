@@ -9,13 +9,14 @@ from tiny_models import tiny_loaded
 
 from core.cache import ResultCache
 from core.errors import UserError
-from core.explain.dataset import ExplainConfig, Explainer, dataset_faithfulness, pick_example
+from core.explain.dataset import DatasetExplainer, ExplainConfig, dataset_faithfulness, pick_example
 from core.explain.features import text_features
 from core.explain.methods import explain
 from core.explain.targets import LMTarget
 from core.task.data import Example, dataset_from_rows
 from core.task.prompts import PromptBuilder, PromptConfig
 from core.task.scoring import score_examples
+from core.task.setup import Setup
 
 ROWS = [{"text": t, "label": lab} for t, lab in [
     ("the film is good", "positive"), ("a bad and boring movie", "negative"), ("I loved it", "positive"),
@@ -60,12 +61,13 @@ def test_explanations_are_cached_by_explainer_parameters_and_mask(tmp_path) -> N
     lm, ds, builder = _setup()
     cache = ResultCache(tmp_path)
     ex = ds.splits["test"][0]
-    first, hit = Explainer(lm, ds, builder, "test", (), ExplainConfig.make("lime"), cache).explain(ex)
-    again, hit2 = Explainer(lm, ds, builder, "test", (), ExplainConfig.make("lime"), cache).explain(ex)
+    setup = Setup(lm, ds, cache=cache)
+    first, hit = DatasetExplainer(setup, (), ExplainConfig.make("lime")).explain(ex)
+    again, hit2 = DatasetExplainer(setup, (), ExplainConfig.make("lime")).explain(ex)
     assert (hit, hit2) == (False, True)
     np.testing.assert_array_equal(first.scores, again.scores)
-    _, other_params = Explainer(lm, ds, builder, "test", (), ExplainConfig.make("lime", {"seed": 3}), cache).explain(ex)
-    _, other_mask = Explainer(lm, ds, builder, "test", (1,), ExplainConfig.make("lime"), cache).explain(ex)
+    _, other_params = DatasetExplainer(setup, (), ExplainConfig.make("lime", {"seed": 3})).explain(ex)
+    _, other_mask = DatasetExplainer(setup, (1,), ExplainConfig.make("lime")).explain(ex)
     assert not other_params and not other_mask
 
 
@@ -73,7 +75,7 @@ def test_dataset_faithfulness_reports_aopc_per_k_and_the_random_baseline(tmp_pat
     lm, ds, builder = _setup()
     cache = ResultCache(tmp_path)
     examples = ds.splits["train"][:5]
-    explainer = Explainer(lm, ds, builder, "train", (0,), ExplainConfig.make("occlusion"), cache)
+    explainer = DatasetExplainer(Setup(lm, ds, cache=cache), (0,), ExplainConfig.make("occlusion"), "train")
     seen = []
     result = dataset_faithfulness(explainer, examples, progress=lambda d, t: seen.append((d, t)), chunk=2)
     assert seen[-1] == (5, 5) and len(result.curves) == len(result.random_curves) == 5
@@ -91,10 +93,10 @@ def test_bad_examples_get_clear_messages() -> None:
     n = len(ds.splits["test"])
     with pytest.raises(UserError, match=f"example {n} is out of range: the test split of 'tiny' has {n} examples"):
         pick_example(ds, "test", n)
-    explainer = Explainer(lm, ds, builder, "test")
+    explainer = DatasetExplainer(Setup(lm, ds))
     with pytest.raises(UserError, match="example 'blank': the input text has no words to explain"):
         explainer.explain(Example(id="blank", text=" \n ", label=0))
     with pytest.raises(UserError, match="unknown explainer 'gradcam'"):
-        Explainer(lm, ds, builder, "test", (), ExplainConfig.make("gradcam"))
+        DatasetExplainer(Setup(lm, ds), (), ExplainConfig.make("gradcam"))
     with pytest.raises(UserError, match="no unk token"):
-        Explainer(lm, ds, builder, "test", (), ExplainConfig.make("lime", removal="unk"))
+        DatasetExplainer(Setup(lm, ds), (), ExplainConfig.make("lime", removal="unk"))

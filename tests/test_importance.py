@@ -58,8 +58,8 @@ def test_scores_are_cached(tmp_path) -> None:
     from core.cache import ResultCache
 
     lm, cache = tiny_loaded("llama"), ResultCache(tmp_path)
-    first = attention_scores(lm, TEXTS, cache)
-    second = attention_scores(lm, TEXTS, cache)
+    first = attention_scores(lm, TEXTS, cache=cache)
+    second = attention_scores(lm, TEXTS, cache=cache)
     assert not first.cached and second.cached and second.scores == first.scores
 
 

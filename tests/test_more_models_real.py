@@ -15,6 +15,7 @@ from core.task.data import load_dataset
 from core.task.evaluation import EvalConfig, evaluate
 from core.task.prompts import PromptBuilder, PromptConfig
 from core.task.scoring import score_examples
+from core.task.setup import Setup
 
 pytestmark = pytest.mark.slow
 GEMMA = preset("gemma-3-270m")
@@ -32,12 +33,12 @@ def minilm(module_results):
 def test_minilm_is_a_classifier_that_keeps_most_accuracy_with_two_layers_dropped(minilm) -> None:
     lm, ds = minilm
     assert lm.task == "classifier" and lm.num_layers == 6 and lm.spec.family == "bert"
-    full = evaluate(lm, ds, EvalConfig(n=200))
+    full = evaluate(Setup(lm, ds), EvalConfig(n=200))
     assert full.metrics.accuracy > 0.72, full.metrics.accuracy
     assert full.prompt["style"] == "classifier-head" and full.prompt["head_fitted_on"] == []
     drop = tuple(attention_scores(lm, calibration_texts(ds)).most_redundant(2))
-    frozen = evaluate(lm, ds, EvalConfig(n=200, drop=drop))
-    refit = evaluate(lm, ds, EvalConfig(n=200, drop=drop, refit_head=True))
+    frozen = evaluate(Setup(lm, ds), EvalConfig(n=200, drop=drop))
+    refit = evaluate(Setup(lm, ds, refit_head=True), EvalConfig(n=200, drop=drop))
     assert frozen.prompt["head"] == full.prompt["head"]
     assert refit.prompt["head_fitted_on"] == list(drop) and refit.prompt["head"] != full.prompt["head"]
     assert frozen.metrics.accuracy > 0.6 and refit.metrics.accuracy > 0.6

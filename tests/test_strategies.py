@@ -20,6 +20,7 @@ from core.task import calibration as cal
 from core.task.data import dataset_from_rows
 from core.task.evaluation import score_cached
 from core.task.prompts import PromptBuilder, PromptConfig
+from core.task.setup import Setup
 
 ROWS = [{"text": t, "label": lab} for t, lab in [
     ("the film is good", "positive"), ("a bad and boring movie", "negative"), ("I loved it", "positive"),
@@ -36,16 +37,17 @@ def _setup():
 def test_every_strategy_returns_a_permutation_of_the_layers(name: str, tmp_path) -> None:
     lm, ds = _setup()
     config = StrategyConfig(name=name, calibration_n=6, steps=2, faith_n=2)
-    order = layer_order(lm, ds, config, PROMPT, ResultCache(tmp_path))
+    order = layer_order(Setup(lm, ds, PROMPT, cache=ResultCache(tmp_path)), config)
     assert sorted(order) == list(range(lm.num_layers))
 
 
 def test_fixed_orders_and_block_influence() -> None:
     lm, ds = _setup()
-    assert layer_order(lm, ds, StrategyConfig("first-to-last")) == [0, 1, 2, 3]
-    assert layer_order(lm, ds, StrategyConfig("last-to-first")) == [3, 2, 1, 0]
-    seeded = layer_order(lm, ds, StrategyConfig("random", seed=1))
-    assert seeded == layer_order(lm, ds, StrategyConfig("random", seed=1)) and sorted(seeded) == [0, 1, 2, 3]
+    setup = Setup(lm, ds)
+    assert layer_order(setup, StrategyConfig("first-to-last")) == [0, 1, 2, 3]
+    assert layer_order(setup, StrategyConfig("last-to-first")) == [3, 2, 1, 0]
+    seeded = layer_order(setup, StrategyConfig("random", seed=1))
+    assert seeded == layer_order(setup, StrategyConfig("random", seed=1)) and sorted(seeded) == [0, 1, 2, 3]
     texts = [r["text"] for r in ROWS[:6]]
     block = compute_scores(lm, texts, method="block").scores
     assert block != compute_scores(lm, texts).scores
@@ -65,11 +67,13 @@ def test_fixed_orders_and_block_influence() -> None:
 def test_greedy_divergence_picks_what_one_step_of_brute_force_picks(tmp_path) -> None:
     lm, ds = _setup()
     cache = ResultCache(tmp_path)
-    order = layer_order(lm, ds, StrategyConfig("greedy-divergence", calibration_n=6, steps=1), PROMPT, cache)
+    config = StrategyConfig("greedy-divergence", calibration_n=6, steps=1)
+    order = layer_order(Setup(lm, ds, PROMPT, cache=cache), config)
     builder = PromptBuilder(lm.tokenizer, ds, PROMPT, lm.has_chat_template, lm.max_positions)
     examples, _ = ds.sample("validation", 6, seed=0)
-    full = cal.softmax(score_cached(lm, builder, ds, "validation", examples, [], None)[0])
-    divergence = [js_divergence(full, cal.softmax(score_cached(lm, builder, ds, "validation", examples, [i], None)[0]))
+    uncached = Setup(lm, ds, PROMPT)
+    full = cal.softmax(score_cached(uncached, [], builder, "validation", examples)[0])
+    divergence = [js_divergence(full, cal.softmax(score_cached(uncached, [i], builder, "validation", examples)[0]))
                   .mean() for i in range(lm.num_layers)]
     assert order[0] == int(np.argmin(divergence))
 
@@ -78,10 +82,11 @@ def test_trust_greedy_picks_what_one_step_of_brute_force_picks(tmp_path) -> None
     lm, ds = _setup()
     cache = ResultCache(tmp_path)
     config = StrategyConfig("trust-greedy", calibration_n=6, steps=1, faith_n=2, weights=(1.0, 0.5, 2.0))
-    order = layer_order(lm, ds, config, PROMPT, cache)
+    setup = Setup(lm, ds, PROMPT, cache=cache)
+    order = layer_order(setup, config)
     from core.study.strategies import _Judge
 
-    judge = _Judge(lm, ds, PROMPT, config, cache)
+    judge = _Judge(setup, config)
     assert order[0] == int(np.argmin([judge.cost([i]) for i in range(lm.num_layers)]))
 
 

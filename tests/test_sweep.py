@@ -12,6 +12,7 @@ from core.study.sweep import COLUMNS, PointConfig, evaluate_point, points, sweep
 from core.task.data import dataset_from_rows
 from core.task.evaluation import EvalConfig
 from core.task.prompts import PromptConfig
+from core.task.setup import Setup
 
 ROWS = [{"text": t, "label": lab} for t, lab in [
     ("the film is good", "positive"), ("a bad and boring movie", "negative"), ("I loved it", "positive"),
@@ -19,47 +20,50 @@ ROWS = [{"text": t, "label": lab} for t, lab in [
 ]] * 5
 
 
+def _setup(cache: ResultCache) -> Setup:
+    return Setup(tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny"), PromptConfig(style="zero-shot"), cache=cache)
+
+
 def _config(explain: bool = True) -> PointConfig:
-    return PointConfig(eval=EvalConfig(n=6, prompt=PromptConfig(style="zero-shot"), val_n=4),
+    return PointConfig(eval=EvalConfig(n=6, val_n=4),
                        explain=ExplainConfig.make("occlusion") if explain else None, faith_n=3)
 
 
 def test_a_sweep_has_one_row_per_step_and_resumes_from_the_cache(tmp_path) -> None:
-    lm, ds = tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny")
     cache = ResultCache(tmp_path)
-    table = sweep(lm, ds, [2, 0, 3, 1], 2, _config(), cache)
+    setup = _setup(cache)
+    table = sweep(setup, [2, 0, 3, 1], 2, _config())
     assert list(table.columns) == COLUMNS and list(table["dropped"]) == [0, 1, 2]
     assert list(table["layers"]) == ["none", "2", "0,2"]
     assert table[["accuracy", "ece", "comprehensiveness", "random_sufficiency"]].notna().all().all()
     assert (table[["latency_ms", "latency_full_ms"]] > 0).all().all()
     entries = cache.info()["entries"]
-    again = sweep(lm, ds, [2, 0, 3, 1], 2, _config(), cache)
+    again = sweep(setup, [2, 0, 3, 1], 2, _config())
     assert cache.info()["entries"] == entries  # nothing new was computed
     assert again[["accuracy", "comprehensiveness"]].equals(table[["accuracy", "comprehensiveness"]])
 
 
 def test_points_remember_every_mask_of_a_context(tmp_path) -> None:
-    lm, ds = tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny")
     cache = ResultCache(tmp_path)
-    evaluate_point(lm, ds, (3,), _config(), cache)
-    evaluate_point(lm, ds, (), _config(), cache)
-    evaluate_point(lm, ds, (1,), _config(explain=False), cache)  # another context
-    seen = points(lm, ds, _config(), cache)
+    setup = _setup(cache)
+    evaluate_point(setup, (3,), _config())
+    evaluate_point(setup, (), _config())
+    evaluate_point(setup, (1,), _config(explain=False))  # another context
+    seen = points(setup, _config())
     assert list(seen["layers"]) == ["none", "3"] and seen["comprehensiveness"].notna().all()
-    assert list(points(lm, ds, _config(explain=False), cache)["layers"]) == ["1"]
+    assert list(points(setup, _config(explain=False))["layers"]) == ["1"]
 
 
 def test_sweep_range_is_checked(tmp_path) -> None:
-    lm, ds = tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny")
     with pytest.raises(UserError, match="between 0 and 4"):
-        sweep(lm, ds, [0, 1, 2, 3], 5, _config(), ResultCache(tmp_path))
+        sweep(_setup(ResultCache(tmp_path)), [0, 1, 2, 3], 5, _config())
 
 
 def test_an_interrupted_sweep_recomputes_nothing_it_had_finished(tmp_path, monkeypatch) -> None:
     import core.task.evaluation as evaluation
 
-    lm, ds = tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny")
     cache = ResultCache(tmp_path)
+    setup = _setup(cache)
     scored: list[tuple[int, ...]] = []
     real = evaluation.score_examples
 
@@ -75,9 +79,9 @@ def test_an_interrupted_sweep_recomputes_nothing_it_had_finished(tmp_path, monke
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        sweep(lm, ds, [2, 0, 3, 1], 3, _config(explain=False), cache, stop_at_the_third_point, latency=False)
+        sweep(setup, [2, 0, 3, 1], 3, _config(explain=False), stop_at_the_third_point, latency=False)
     finished = set(scored)
     assert finished >= {(), (2,)}
     scored.clear()
-    table = sweep(lm, ds, [2, 0, 3, 1], 3, _config(explain=False), cache, latency=False)
+    table = sweep(setup, [2, 0, 3, 1], 3, _config(explain=False), latency=False)
     assert len(table) == 4 and not finished & set(scored)  # the finished masks came from the cache

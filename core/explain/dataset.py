@@ -13,14 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
-from ..cache import ResultCache, cache_key
+from ..cache import cache_key
 from ..errors import UserError
-from ..model.loading import LoadedModel
+from ..progress import Progress
 from ..task.data import Dataset, Example
-from ..task.head import ClassifierInput
-from ..task.prompts import PromptBuilder
-from ..task.scoring import Progress
+from ..task.setup import Setup
 from .faithfulness import K_PERCENTS, METRIC_VERSION, Faithfulness, faithfulness_many
 from .features import GRANULARITIES, Features, replacement_token, text_features
 from .methods import DEFAULT_EXPLAINER, EXPLAINER_VERSION, Attribution, explain, resolve_params
@@ -64,18 +63,18 @@ def pick_example(dataset: Dataset, split: str, index: int) -> Example:
     return examples[index]
 
 
-class Explainer:
-    """Explains examples of one data set with one model, prompt and mask, through the cache."""
+class DatasetExplainer:
+    """Explains examples of a setup's data set under one mask and explainer configuration, through the cache."""
 
-    def __init__(self, lm: LoadedModel, dataset: Dataset, builder: PromptBuilder | ClassifierInput, split: str,
-                 drop: Sequence[int] = (), config: ExplainConfig = ExplainConfig(),
-                 cache: ResultCache | None = None) -> None:
+    def __init__(self, setup: Setup, drop: Sequence[int] = (), config: ExplainConfig = ExplainConfig(),
+                 split: str = "test") -> None:
         config.validate()
-        self.lm, self.dataset, self.builder, self.split = lm, dataset, builder, split
-        self.config, self.cache = config, cache
-        self.target = make_target(lm, builder, drop)
+        self.lm, self.dataset, self.split = setup.lm, setup.ds, split
+        self.builder = setup.builder(drop)
+        self.config, self.cache = config, setup.cache
+        self.target = make_target(setup.lm, self.builder, drop)
         self.drop = self.target.drop
-        self.replacement = replacement_token(lm.tokenizer, config.removal)
+        self.replacement = replacement_token(setup.lm.tokenizer, config.removal)
 
     def features(self, example: Example) -> Features:
         try:
@@ -174,6 +173,14 @@ class FaithfulnessResult:
             "faithfulness_cached": self.cached,
         }
 
+    def add_to(self, predictions: pd.DataFrame) -> pd.DataFrame:
+        """``predictions`` (one row per example, by ``id``) with the explained examples' AOPC scores."""
+        rows = {r["id"]: r for r in self.per_example()}
+        out = predictions.copy()
+        for col in ("comprehensiveness", "sufficiency", "random_comprehensiveness", "random_sufficiency"):
+            out[col] = [rows[i][col] if i in rows else None for i in out["id"]]
+        return out
+
     def per_example(self) -> list[dict]:
         """One row per example: its AOPC comprehensiveness and sufficiency, and the random baseline's."""
         return [{"id": i, "comprehensiveness": c.comprehensiveness, "sufficiency": c.sufficiency,
@@ -181,7 +188,7 @@ class FaithfulnessResult:
                 for i, c, r in zip(self.example_ids, self.curves, self.random_curves, strict=True)]
 
 
-def dataset_faithfulness(explainer: Explainer, examples: Sequence[Example], progress: Progress | None = None,
+def dataset_faithfulness(explainer: DatasetExplainer, examples: Sequence[Example], progress: Progress | None = None,
                          chunk: int = 8) -> FaithfulnessResult:
     """Explain every example (configured explainer and random), then score both explanations' ERASER curves.
 

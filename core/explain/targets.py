@@ -20,8 +20,7 @@ import torch
 
 from ..model.loading import LoadedModel
 from ..model.pruning import dropped_attention, expand_cache, new_cache, validate_mask
-from ..task.head import ClassifierInput
-from ..task.prompts import PromptBuilder
+from ..task.head import AnswerInput, ClassifierInput
 from ..task.scoring import AnswerHead, candidate_logits
 
 
@@ -65,7 +64,7 @@ def renormalise_torch(logits: torch.Tensor, n_options: int = 0) -> torch.Tensor:
 class LMTarget:
     """A causal LM behind one prompt, with the attention of ``drop`` skipped on every call."""
 
-    def __init__(self, lm: LoadedModel, builder: PromptBuilder | ClassifierInput, drop: Sequence[int] = (),
+    def __init__(self, lm: LoadedModel, builder: AnswerInput, drop: Sequence[int] = (),
                  batch_size: int = 32) -> None:
         self.lm, self.builder = lm, builder
         self.drop = validate_mask(drop, lm.num_layers)
@@ -144,6 +143,6 @@ class ClassifierTarget(LMTarget):
         return renormalise_torch(self.builder.head.logits_torch(hidden.float().mean(dim=1)), n_options)
 
 
-def make_target(lm: LoadedModel, builder: PromptBuilder | ClassifierInput, drop: Sequence[int] = ()) -> LMTarget:
+def make_target(lm: LoadedModel, builder: AnswerInput, drop: Sequence[int] = ()) -> LMTarget:
     """The target that explains ``lm``'s answers through ``builder``, with the attention of ``drop`` skipped."""
     return ClassifierTarget(lm, builder, drop) if isinstance(builder, ClassifierInput) else LMTarget(lm, builder, drop)

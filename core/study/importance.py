@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..cache import ResultCache, cache_key
 from ..model.loading import LoadedModel
-from ..task.scoring import Progress
+from ..progress import Progress
 
 DEFAULT_CALIBRATION_SIZE = 256
 METHODS = {"attention": "he2024-attn-cos", "block": "shortgpt-block-influence"}
@@ -124,7 +124,7 @@ def calibration_texts(dataset, n: int = DEFAULT_CALIBRATION_SIZE, seed: int = 0)
 
 
 def attention_scores(
-    lm: LoadedModel, texts: Sequence[str], cache: ResultCache | None = None, batch_size: int = 16,
+    lm: LoadedModel, texts: Sequence[str], *, cache: ResultCache | None = None, batch_size: int = 16,
     progress: Progress | None = None, method: str = "attention",
 ) -> ImportanceScores:
     """`compute_scores`, through the result cache."""

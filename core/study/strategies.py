@@ -26,18 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..cache import ResultCache
 from ..errors import UserError
-from ..explain.dataset import ExplainConfig, Explainer, dataset_faithfulness
-from ..model.loading import LoadedModel
+from ..explain.dataset import DatasetExplainer, ExplainConfig, dataset_faithfulness
+from ..progress import StageProgress
 from ..task import calibration as cal
-from ..task.data import Dataset
 from ..task.evaluation import score_cached
-from ..task.head import builder_for
-from ..task.prompts import PromptConfig
+from ..task.setup import Setup
 from .importance import attention_scores, calibration_texts
-
-StageProgress = Callable[[str, int, int], None]
 
 STRATEGIES: dict[str, str] = {
     "similarity": "He et al.: 1 - cos(x, x + attn(x)), lowest first",
@@ -90,12 +85,12 @@ def js_divergence(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 class _Judge:
     """Scores candidate masks on the validation examples (through the cache)."""
 
-    def __init__(self, lm: LoadedModel, ds: Dataset, prompt: PromptConfig, config: StrategyConfig,
-                 cache: ResultCache | None) -> None:
+    def __init__(self, setup: Setup, config: StrategyConfig) -> None:
+        ds = setup.ds
         if not ds.splits.get("validation"):
             raise UserError(f"the greedy strategies need a validation split; '{ds.name}' has none")
-        self.lm, self.ds, self.config, self.cache = lm, ds, config, cache
-        self.builder = builder_for(lm, ds, prompt, cache)
+        self.setup, self.config = setup, config
+        self.builder = setup.builder()
         self.examples, _ = ds.sample("validation", config.calibration_n, seed=config.seed)
         self.labels = np.array([ex.label for ex in self.examples])
         self.explain = ExplainConfig.make(config.explainer)
@@ -103,12 +98,11 @@ class _Judge:
         self.full_comp = self.comprehensiveness(()) if config.name == "trust-greedy" else 0.0
 
     def probs(self, drop: Sequence[int]) -> np.ndarray:
-        logits, _, _ = score_cached(self.lm, self.builder, self.ds, "validation", self.examples, sorted(drop),
-                                    self.cache)
+        logits, _, _ = score_cached(self.setup, sorted(drop), self.builder, "validation", self.examples)
         return cal.softmax(logits)
 
     def comprehensiveness(self, drop: Sequence[int]) -> float:
-        explainer = Explainer(self.lm, self.ds, self.builder, "validation", sorted(drop), self.explain, self.cache)
+        explainer = DatasetExplainer(self.setup, sorted(drop), self.explain, "validation")
         summary = dataset_faithfulness(explainer, self.examples[: self.config.faith_n]).summary()
         return float(summary["comprehensiveness"])
 
@@ -147,12 +141,11 @@ def greedy_order(cost: Callable[[Sequence[int]], float], fallback: Sequence[int]
     return chosen + [i for i in fallback if i not in chosen]
 
 
-def layer_order(lm: LoadedModel, ds: Dataset, config: StrategyConfig = StrategyConfig(),
-                prompt: PromptConfig | None = None, cache: ResultCache | None = None,
+def layer_order(setup: Setup, config: StrategyConfig = StrategyConfig(),
                 progress: StageProgress | None = None) -> list[int]:
     """A permutation of the attention layers, in the order ``config``'s strategy drops them."""
     config.validate()
-    prompt = prompt or PromptConfig()
+    lm, cache = setup.lm, setup.cache
     n = lm.num_layers
     if config.name == "first-to-last":
         return list(range(n))
@@ -162,12 +155,12 @@ def layer_order(lm: LoadedModel, ds: Dataset, config: StrategyConfig = StrategyC
         order = list(range(n))
         random.Random(config.seed).shuffle(order)
         return order
-    texts = calibration_texts(ds)
+    texts = calibration_texts(setup.ds)
     if config.name == "block-influence":
-        return attention_scores(lm, texts, cache, method="block").order
-    similarity = attention_scores(lm, texts, cache).order
+        return attention_scores(lm, texts, cache=cache, method="block").order
+    similarity = attention_scores(lm, texts, cache=cache).order
     if config.name == "similarity":
         return similarity
-    judge = _Judge(lm, ds, prompt, config, cache)
+    judge = _Judge(setup, config)
     steps = min(config.steps or n, n)
     return greedy_order(judge.cost, similarity, steps, config.candidates, progress)

@@ -12,23 +12,19 @@ settings), so that the trade-off view can show every mask evaluated so far in th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import pandas as pd
 
-from ..cache import ResultCache, cache_key
+from ..cache import cache_key
 from ..errors import UserError
-from ..explain.dataset import ExplainConfig, Explainer, dataset_faithfulness
+from ..explain.dataset import DatasetExplainer, ExplainConfig, dataset_faithfulness
 from ..model.efficiency import compare_latency
-from ..model.loading import LoadedModel
 from ..model.pruning import parse_layer_list, validate_mask
-from ..task.data import Dataset
+from ..progress import StageProgress
 from ..task.evaluation import EvalConfig, evaluate
-from ..task.head import builder_for
-
-StageProgress = Callable[[str, float, int], None]
-"""(what is running, done, total); a sweep counts done in points, fractions included."""
+from ..task.setup import Setup
 
 COLUMNS = ["dropped", "layers", "accuracy", "ece", "adaptive_ece", "mce", "brier", "nll", "temperature",
            "ece_temperature_scaled", "comprehensiveness", "sufficiency", "random_comprehensiveness",
@@ -60,26 +56,27 @@ def sweep_order(table: pd.DataFrame) -> list[int]:
     return order
 
 
-def _context_key(lm: LoadedModel, ds: Dataset, config: PointConfig) -> str:
+def _context_key(setup: Setup, config: PointConfig) -> str:
     e = config.eval
     explain = None
     if config.explain is not None:
         explain = {"explainer": config.explain.explainer, "params": config.explain.resolved_params(),
                    "granularity": config.explain.granularity, "removal": config.explain.removal,
                    "k": list(config.explain.k_percents), "n": config.faith_n}
-    return cache_key("points", model=lm.id, data=ds.fingerprint, split=e.split, n=e.n, seed=e.seed,
-                     balanced=e.balanced, prompt=asdict(e.prompt), bins=e.n_bins, val_n=e.val_n, explain=explain,
+    return cache_key("points", model=setup.lm.id, data=setup.ds.fingerprint, split=e.split, n=e.n, seed=e.seed,
+                     balanced=e.balanced, prompt=asdict(setup.prompt), bins=e.n_bins, val_n=e.val_n,
+                     explain=explain,
                      # only when set, so that the points recorded before the option existed stay found
-                     **({"refit_head": True} if e.refit_head else {}))
+                     **({"refit_head": True} if setup.refit_head else {}))
 
 
-def evaluate_point(lm: LoadedModel, ds: Dataset, drop: Sequence[int], config: PointConfig,
-                   cache: ResultCache | None, progress: StageProgress | None = None) -> dict:
-    """One row of `COLUMNS` for mask ``drop``; recorded among the context's points when a cache is given."""
+def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
+                   progress: StageProgress | None = None) -> dict:
+    """One row of `COLUMNS` for mask ``drop``; recorded among the context's points when the setup has a cache."""
     start = time.perf_counter()
-    drop = validate_mask(drop, lm.num_layers)
+    drop = validate_mask(drop, setup.lm.num_layers)
     e = replace(config.eval, drop=tuple(sorted(drop)))
-    result = evaluate(lm, ds, e, cache, progress=(lambda d, t: progress("scoring", d, t)) if progress else None)
+    result = evaluate(setup, e, progress=(lambda d, t: progress("scoring", d, t)) if progress else None)
     m, scaled = result.metrics, result.metrics_temperature_scaled
     row = {"dropped": len(drop), "layers": mask_label(drop), "accuracy": m.accuracy, "ece": m.ece,
            "adaptive_ece": m.adaptive_ece, "mce": m.mce, "brier": m.brier, "nll": m.nll,
@@ -87,8 +84,7 @@ def evaluate_point(lm: LoadedModel, ds: Dataset, drop: Sequence[int], config: Po
            "comprehensiveness": None, "sufficiency": None, "random_comprehensiveness": None,
            "random_sufficiency": None}
     if config.explain is not None:
-        builder = builder_for(lm, ds, e.prompt, cache, drop, e.refit_head)
-        explainer = Explainer(lm, ds, builder, e.split, drop, config.explain, cache)
+        explainer = DatasetExplainer(setup, drop, config.explain, e.split)
         faith = dataset_faithfulness(explainer, result.examples[: config.faith_n],
                                      progress=(lambda d, t: progress("explaining", d, t)) if progress else None)
         s = faith.summary()
@@ -96,28 +92,29 @@ def evaluate_point(lm: LoadedModel, ds: Dataset, drop: Sequence[int], config: Po
                    random_comprehensiveness=s["random_baseline_comprehensiveness"],
                    random_sufficiency=s["random_baseline_sufficiency"])
     row["seconds"] = time.perf_counter() - start
-    if cache is not None:
-        record_point(lm, ds, config, row, cache)
+    record_point(setup, config, row)
     return row
 
 
-def record_point(lm: LoadedModel, ds: Dataset, config: PointConfig, row: dict, cache: ResultCache) -> None:
-    key = _context_key(lm, ds, config)
-    points = cache.get(key) or {}
+def record_point(setup: Setup, config: PointConfig, row: dict) -> None:
+    """Add ``row`` to the masks evaluated so far in this context (nothing without a cache)."""
+    if setup.cache is None:
+        return
+    key = _context_key(setup, config)
+    points = setup.cache.get(key) or {}
     points[row["layers"]] = {k: v for k, v in row.items() if k not in TIMINGS}
-    cache.put(key, points)
+    setup.cache.put(key, points)
 
 
-def points(lm: LoadedModel, ds: Dataset, config: PointConfig, cache: ResultCache) -> pd.DataFrame:
+def points(setup: Setup, config: PointConfig) -> pd.DataFrame:
     """Every mask evaluated so far in this context, one row each (`COLUMNS` less the timings)."""
-    stored = cache.get(_context_key(lm, ds, config)) or {}
+    stored = (setup.cache.get(_context_key(setup, config)) if setup.cache is not None else None) or {}
     table = pd.DataFrame(list(stored.values()), columns=[c for c in COLUMNS if c not in TIMINGS])
     return table.sort_values(["dropped", "layers"]).reset_index(drop=True)
 
 
-def sweep(lm: LoadedModel, ds: Dataset, order: Sequence[int], max_drop: int, config: PointConfig,
-          cache: ResultCache | None, progress: StageProgress | None = None,
-          latency: bool = True) -> pd.DataFrame:
+def sweep(setup: Setup, order: Sequence[int], max_drop: int, config: PointConfig,
+          progress: StageProgress | None = None, latency: bool = True) -> pd.DataFrame:
     """Drop the first 0, 1, ..., ``max_drop`` layers of ``order`` in turn: one row per step.
 
     ``latency_ms`` is measured afresh (never cached): a forward pass over 128 tokens, median of 3,
@@ -127,12 +124,12 @@ def sweep(lm: LoadedModel, ds: Dataset, order: Sequence[int], max_drop: int, con
         raise UserError(f"the number of layers to drop must be between 0 and {len(order)} (got {max_drop})")
     rows = []
     for k in range(max_drop + 1):
-        def step(stage: str, done: int, total: int, k: int = k) -> None:
+        def step(stage: str, done: float, total: int, k: int = k) -> None:
             if progress:  # in points: the finished ones plus the running one's share
                 progress(f"{k} of {max_drop} layers dropped: {stage}", k + done / max(total, 1), max_drop + 1)
-        row = evaluate_point(lm, ds, order[:k], config, cache, step)
+        row = evaluate_point(setup, order[:k], config, step)
         if latency:
-            full, pruned = compare_latency(lm, order[:k], tokens=128, repeats=3)
+            full, pruned = compare_latency(setup.lm, order[:k], tokens=128, repeats=3)
             row["latency_ms"], row["latency_full_ms"] = 1000 * pruned, 1000 * full
         rows.append(row)
     return pd.DataFrame(rows, columns=COLUMNS)

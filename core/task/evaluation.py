@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from ..cache import ResultCache, cache_key
-from ..model.loading import LoadedModel
+from ..cache import cache_key
 from ..model.pruning import validate_mask
+from ..progress import Progress
 from . import calibration as cal
-from .data import Dataset, Example
-from .head import ClassifierInput, builder_for
-from .prompts import PromptBuilder, PromptConfig
-from .scoring import Progress, score_examples
+from .data import Example
+from .head import AnswerInput
+from .scoring import score_examples
+from .setup import Setup
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,12 @@ class EvalConfig:
     n: int | None = 200
     split: str = "test"
     drop: tuple[int, ...] = ()
-    prompt: PromptConfig = field(default_factory=PromptConfig)
     seed: int = 0
     balanced: bool = False
     n_bins: int = cal.DEFAULT_BINS
     val_n: int = 100
     """Validation examples for temperature scaling; 0 turns it off."""
     batch_size: int = 16
-    refit_head: bool = False
-    """Encoder classifiers only: fit the head on the pruned encoder instead of the full one."""
 
 
 @dataclass
@@ -113,40 +110,39 @@ class EvalResult:
 
 
 def score_cached(
-    lm: LoadedModel,
-    builder: PromptBuilder | ClassifierInput,
-    dataset: Dataset,
+    setup: Setup,
+    drop: Sequence[int],
+    builder: AnswerInput,
     split: str,
     examples: Sequence[Example],
-    drop: Sequence[int],
-    cache: ResultCache | None,
     batch_size: int = 16,
     progress: Progress | None = None,
 ) -> tuple[np.ndarray, int, bool]:
-    """Candidate logits for ``examples`` under mask ``drop``: from the cache, or scored and stored."""
+    """Candidate logits for ``examples`` under mask ``drop``: from the cache, or scored and stored.
+
+    ``builder`` is ``setup.builder(drop)``, passed in because callers scoring many example sets
+    under one mask build it once.
+    """
+    cache = setup.cache
     key = cache_key(
-        "scores", model=lm.id, data=dataset.fingerprint, split=split, ids=[ex.id for ex in examples],
+        "scores", model=setup.lm.id, data=setup.ds.fingerprint, split=split, ids=[ex.id for ex in examples],
         prompt=builder.describe(), drop=sorted(drop),
     )
     if cache is not None and (hit := cache.get(key)) is not None:
         return np.array(hit["logits"], dtype=np.float64).reshape(len(examples), -1), hit["truncated"], True
-    scores = score_examples(lm, builder, examples, drop, batch_size=batch_size, progress=progress)
+    scores = score_examples(setup.lm, builder, examples, drop, batch_size=batch_size, progress=progress)
     if cache is not None:
         cache.put(key, {"logits": scores.logits.tolist(), "truncated": scores.truncated,
                         "seconds": scores.seconds})
     return scores.logits, scores.truncated, False
 
 
-def evaluate(
-    lm: LoadedModel,
-    dataset: Dataset,
-    config: EvalConfig = EvalConfig(),
-    cache: ResultCache | None = None,
-    progress: Progress | None = None,
-) -> EvalResult:
+def evaluate(setup: Setup, config: EvalConfig = EvalConfig(), progress: Progress | None = None) -> EvalResult:
+    """Accuracy, calibration and predictions of ``setup`` on ``config``'s sample under ``config.drop``."""
     start = time.perf_counter()
+    lm, dataset = setup.lm, setup.ds
     drop = validate_mask(config.drop, lm.num_layers)
-    builder = builder_for(lm, dataset, config.prompt, cache, drop, config.refit_head)
+    builder = setup.builder(drop)
     examples, warnings = dataset.sample(config.split, config.n, seed=config.seed, balanced=config.balanced)
     if len(drop) == lm.num_layers:
         warnings.append(f"every attention layer ({lm.num_layers}) is dropped: the model sees no context")
@@ -164,8 +160,8 @@ def evaluate(
         if progress:
             progress(len(examples) + done, total)
 
-    logits, truncated, hit = score_cached(lm, builder, dataset, config.split, examples, drop, cache,
-                                          config.batch_size, test_progress)
+    logits, truncated, hit = score_cached(setup, drop, builder, config.split, examples, config.batch_size,
+                                          test_progress)
     if truncated:
         warnings.append(
             f"{truncated} input(s) longer than {builder.max_text_tokens} tokens were truncated to fit"
@@ -174,8 +170,8 @@ def evaluate(
     labels = np.array([ex.label for ex in examples], dtype=int)
     temperature, scaled = None, None
     if val_examples:
-        val_logits, _, val_hit = score_cached(lm, builder, dataset, "validation", val_examples, drop, cache,
-                                              config.batch_size, val_progress)
+        val_logits, _, val_hit = score_cached(setup, drop, builder, "validation", val_examples, config.batch_size,
+                                              val_progress)
         hit = hit and val_hit
         temperature = cal.fit_temperature(val_logits, np.array([ex.label for ex in val_examples]))
         scaled = cal.report(cal.softmax(logits, temperature), labels, config.n_bins)
@@ -200,18 +196,3 @@ def evaluate(
         warnings=warnings,
         prompt=builder.describe(),
     )
-
-
-METRIC_NAMES = {"accuracy": "accuracy", "ece": "ECE", "adaptive_ece": "adaptive ECE", "mce": "MCE",
-                "brier": "Brier", "nll": "NLL"}
-
-
-def metrics_table(full: cal.CalibrationReport, pruned: cal.CalibrationReport | None = None,
-                  names: tuple[str, str] = ("full model", "pruned")) -> pd.DataFrame:
-    """One row per metric: the full model, the pruned model and the difference (pruned - full)."""
-    table = pd.DataFrame({names[0]: full.as_dict()}).loc[list(METRIC_NAMES)]
-    if pruned is not None:
-        table[names[1]] = pd.Series(pruned.as_dict())
-        table["difference"] = table[names[1]] - table[names[0]]
-    table.index = [METRIC_NAMES[m] for m in table.index]
-    return table

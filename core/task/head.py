@@ -23,7 +23,7 @@ explainers and the cache treat both kinds of model alike.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,7 @@ from ..cache import ResultCache, cache_key
 from ..errors import UserError
 from ..model.loading import LoadedModel
 from ..model.pruning import dropped_attention, validate_mask
+from ..progress import Progress
 from . import calibration as cal
 from .data import Dataset
 from .prompts import EncodedInput, PromptBuilder, PromptConfig
@@ -46,7 +47,6 @@ DEFAULT_VAL_N = 300
 HEAD_VERSION = 1
 DEFAULT_PROMPT = PromptConfig()
 """An encoder reads only its ``max_input_tokens``; the prompt style and shots do not apply."""
-Progress = Callable[[int, int], None]
 
 
 def logistic_objective(params: np.ndarray, x: np.ndarray, y: np.ndarray, n_classes: int,
@@ -220,7 +220,7 @@ def classifier_logits(lm: LoadedModel, builder: ClassifierInput, inputs: Sequenc
 
 
 def train_head(lm: LoadedModel, dataset: Dataset, config: PromptConfig = DEFAULT_PROMPT, drop: Sequence[int] = (),
-               cache: ResultCache | None = None, train_n: int = DEFAULT_TRAIN_N, val_n: int = DEFAULT_VAL_N,
+               *, cache: ResultCache | None = None, train_n: int = DEFAULT_TRAIN_N, val_n: int = DEFAULT_VAL_N,
                seed: int = 0, cs: Sequence[float] = C_GRID, progress: Progress | None = None) -> Head:
     """The head for ``lm`` on ``dataset``, fitted on the encoder with ``drop`` applied; cached by content."""
     if lm.task != "classifier":
@@ -259,9 +259,13 @@ def train_head(lm: LoadedModel, dataset: Dataset, config: PromptConfig = DEFAULT
     return head
 
 
-def builder_for(lm: LoadedModel, dataset: Dataset, prompt: PromptConfig = DEFAULT_PROMPT,
-                cache: ResultCache | None = None, drop: Sequence[int] = (), refit_head: bool = False,
-                progress: Progress | None = None) -> PromptBuilder | ClassifierInput:
+AnswerInput = PromptBuilder | ClassifierInput
+"""What turns texts into a model's answers: a prompt (causal LM) or an encoder's head."""
+
+
+def builder_for(lm: LoadedModel, dataset: Dataset, prompt: PromptConfig = DEFAULT_PROMPT, drop: Sequence[int] = (),
+                refit_head: bool = False, *, cache: ResultCache | None = None,
+                progress: Progress | None = None) -> AnswerInput:
     """What turns ``dataset``'s texts into ``lm``'s answers: a prompt for a causal LM, a head for an encoder.
 
     The head is fitted on the full encoder, or on the encoder with ``drop`` applied when
@@ -271,5 +275,5 @@ def builder_for(lm: LoadedModel, dataset: Dataset, prompt: PromptConfig = DEFAUL
         if refit_head:
             raise UserError(f"'{lm.name}' is a causal LM: re-fitting a head applies only to encoder classifiers")
         return PromptBuilder(lm.tokenizer, dataset, prompt, lm.has_chat_template, lm.max_positions)
-    head = train_head(lm, dataset, prompt, drop if refit_head else (), cache, progress=progress)
+    head = train_head(lm, dataset, prompt, drop if refit_head else (), cache=cache, progress=progress)
     return ClassifierInput(lm.tokenizer, dataset, head, lm.max_positions, prompt)

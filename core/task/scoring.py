@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,10 +17,9 @@ import torch
 
 from ..model.loading import LoadedModel
 from ..model.pruning import active_mask, dropped_attention, expand_cache, new_cache
-from .head import ClassifierInput, classifier_logits
+from ..progress import Progress
+from .head import AnswerInput, ClassifierInput, classifier_logits
 from .prompts import PromptBuilder, candidate_mask
-
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -52,7 +51,7 @@ class AnswerHead:
 
 def candidate_logits(
     lm: LoadedModel,
-    builder: PromptBuilder | ClassifierInput,
+    builder: AnswerInput,
     inputs: Sequence[list[int]],
     batch_size: int = 16,
     use_prefix_cache: bool = True,
@@ -113,7 +112,7 @@ def candidate_logits(
 
 def score_examples(
     lm: LoadedModel,
-    builder: PromptBuilder | ClassifierInput,
+    builder: AnswerInput,
     examples: Sequence,
     drop: Sequence[int] = (),
     batch_size: int = 16,
