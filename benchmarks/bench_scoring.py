@@ -9,21 +9,18 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from core import calibration_texts, load_dataset, load_model  # noqa: E402
-from core.model.pruning import dropped_attention  # noqa: E402
-from core.study.importance import compute_scores  # noqa: E402
-from core.task.prompts import PromptBuilder, PromptConfig  # noqa: E402
-from core.task.scoring import full_logits_loop, score_examples  # noqa: E402
+from core import calibration_texts, load_dataset, load_model
+from core.model.pruning import dropped_attention
+from core.study.importance import compute_scores
+from core.task.prompts import PromptBuilder, PromptConfig
+from core.task.scoring import full_logits_loop, score_examples
 
 
 def timed(fn):
