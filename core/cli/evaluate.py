@@ -1,0 +1,98 @@
+"""``evaluate``: accuracy and calibration under a mask; with ``--faithfulness``, the explanations' ERASER scores too."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from ..errors import UserError
+from .common import (
+    Bar,
+    add_data_args,
+    add_explainer_args,
+    add_mask_args,
+    add_model_args,
+    add_prompt_args,
+    build_setup,
+    explain_config,
+    mask,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    from ..explain.dataset import FaithfulnessResult
+    from ..task.evaluation import EvalResult
+    from .common import Subparsers
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = sub.add_parser("evaluate", help="accuracy and calibration of a model, optionally with attention dropped")
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--n", type=int, default=200, help="examples of the split to evaluate (default 200)")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    add_mask_args(p)
+    add_prompt_args(p)
+    p.add_argument("--balanced", action="store_true", help="sample the same number of examples per label")
+    p.add_argument("--bins", type=int, default=15, help="equal-width bins for ECE (default 15)")
+    p.add_argument("--val-n", type=int, default=100, help="validation examples for temperature scaling (0: off)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the result cache")
+    p.add_argument("--json", metavar="PATH|-", help="write the result as JSON ('-' for stdout)")
+    p.add_argument("--predictions", metavar="PATH.csv", help="write one row per example")
+    p.add_argument("--faithfulness", action="store_true",
+                   help="also explain the examples and measure comprehensiveness and sufficiency (ERASER)")
+    p.add_argument("--faithfulness-n", type=int, default=None,
+                   help="explain only the first N evaluated examples (default: all)")
+    add_explainer_args(p, default="lime")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..explain.dataset import DatasetExplainer, dataset_faithfulness
+    from ..task.evaluation import EvalConfig, evaluate
+
+    explain = explain_config(args) if args.faithfulness else None
+    if args.faithfulness_n is not None and args.faithfulness_n < 1:
+        raise UserError(f"--faithfulness-n must be at least 1 (got {args.faithfulness_n})")
+    setup = build_setup(args)
+    drop = mask(args, setup)
+    config = EvalConfig(n=args.n, split=args.split, drop=tuple(drop), seed=args.seed, balanced=args.balanced,
+                        n_bins=args.bins, val_n=args.val_n, batch_size=args.batch_size)
+    with Bar("scoring") as bar:
+        result = evaluate(setup, config, progress=bar)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    summary = result.summary()
+    predictions = result.predictions()
+    faith = None
+    if explain is not None:
+        explainer = DatasetExplainer(setup, drop, explain, args.split)
+        with Bar(f"explaining ({explain.explainer})") as bar:
+            faith = dataset_faithfulness(explainer, result.examples[: args.faithfulness_n], progress=bar)
+        summary.update(faith.summary())
+        predictions = faith.add_to(predictions)
+    if args.predictions:
+        predictions.to_csv(args.predictions, index=False)
+    if args.json:
+        write_json(summary, args.json)
+    if args.json != "-":
+        _print(result, faith)
+
+
+def _print(result: EvalResult, faith: FaithfulnessResult | None) -> None:
+    m = result.metrics
+    print(f"{result.model} on {result.dataset} ({result.split}, n={result.n}), attention dropped: "
+          f"{result.dropped_attention_layers or 'none'}")
+    print(f"accuracy {m.accuracy:.3f}  ECE {m.ece:.3f}  adaptive ECE {m.adaptive_ece:.3f}  MCE {m.mce:.3f}  "
+          f"Brier {m.brier:.3f}  NLL {m.nll:.3f}")
+    if result.temperature is not None and result.metrics_temperature_scaled is not None:
+        print(f"temperature {result.temperature:.3f} (fitted on validation): "
+              f"ECE {result.metrics_temperature_scaled.ece:.3f}")
+    print(f"{result.seconds:.2f} s{' (from cache)' if result.cached else ''}")
+    if faith is not None:
+        f = faith.summary()
+        print(f"{f['explainer']} on {f['faithfulness_n']} examples: comprehensiveness {f['comprehensiveness']:.3f} "
+              f"(random {f['random_baseline_comprehensiveness']:.3f}), sufficiency {f['sufficiency']:.3f} "
+              f"(random {f['random_baseline_sufficiency']:.3f}); {f['faithfulness_seconds']:.1f} s")
