@@ -10,22 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from core.cli import main
+from helpers.cli import run_cli
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parent.parent
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 def test_evaluate_json_predictions_and_cache(fresh_results, capsys, tmp_path) -> None:
     preds = tmp_path / "p.csv"
-    code, out, _ = _run(capsys, "evaluate", "--n", "40", "--val-n", "20", "--json", "-",
+    code, out, _ = run_cli(capsys, "evaluate", "--n", "40", "--val-n", "20", "--json", "-",
                         "--predictions", str(preds))
     assert code == 0
     first = json.loads(out)
@@ -39,7 +33,7 @@ def test_evaluate_json_predictions_and_cache(fresh_results, capsys, tmp_path) ->
     assert {"id", "text", "label", "prediction", "confidence", "p_negative", "p_positive"} <= set(rows[0])
     acc = np.mean([r["label"] == r["prediction"] for r in rows])
     assert acc == pytest.approx(first["accuracy"])
-    code, out, _ = _run(capsys, "evaluate", "--n", "40", "--val-n", "20", "--json", "-")
+    code, out, _ = run_cli(capsys, "evaluate", "--n", "40", "--val-n", "20", "--json", "-")
     again = json.loads(out)
     assert again["cached"] is True and again["seconds"] < 1.0 and again["ece"] == first["ece"]
 
@@ -61,7 +55,7 @@ def test_dropping_layers_changes_answers_and_cache_agrees_with_no_cache(fresh_re
 
 
 def test_scores_json_lists_every_layer(fresh_results, capsys) -> None:
-    code, out, _ = _run(capsys, "scores", "--calibration-n", "32", "--json", "-")
+    code, out, _ = run_cli(capsys, "scores", "--calibration-n", "32", "--json", "-")
     got = json.loads(out)
     assert code == 0 and len(got["scores"]) == 30 and sorted(got["order"]) == list(range(30))
     assert got["scores"][got["order"][0]] == min(got["scores"])
@@ -80,20 +74,20 @@ def test_scores_json_lists_every_layer(fresh_results, capsys) -> None:
     ],
 )
 def test_bad_input_gets_a_clear_message(fresh_results, capsys, argv: list[str], message: str) -> None:
-    code, _, err = _run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2 and message in err and "Traceback" not in err
 
 
 def test_own_csv_errors_warnings_and_non_ascii(fresh_results, capsys, tmp_path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("review,stars\ngood,5\n", encoding="utf-8")
-    code, _, err = _run(capsys, "evaluate", "--dataset", str(bad))
+    code, _, err = run_cli(capsys, "evaluate", "--dataset", str(bad))
     assert code == 2 and "no column 'text', 'label'" in err
     mine = tmp_path / "mine.csv"
     rows = [("Ce film était génial, vraiment 😀 " * 3, "positive"), ("Schrecklich, nie wieder.", "negative")] * 10
     with open(mine, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("text", "label"), *rows])
-    code, out, err = _run(capsys, "evaluate", "--dataset", str(mine), "--n", "50", "--max-input-tokens", "8",
+    code, out, err = run_cli(capsys, "evaluate", "--dataset", str(mine), "--n", "50", "--max-input-tokens", "8",
                           "--val-n", "0", "--json", "-")
     assert code == 0, err
     got = json.loads(out)
@@ -102,7 +96,7 @@ def test_own_csv_errors_warnings_and_non_ascii(fresh_results, capsys, tmp_path) 
 
 
 def test_dropping_every_layer_is_flagged(fresh_results, capsys) -> None:
-    code, out, err = _run(capsys, "evaluate", "--n", "8", "--val-n", "0", "--drop-attn",
+    code, out, err = run_cli(capsys, "evaluate", "--n", "8", "--val-n", "0", "--drop-attn",
                           ",".join(map(str, range(30))), "--json", "-")
     assert code == 0 and json.loads(out)["all_attention_dropped"] is True and "every attention layer" in err
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import tiny_loaded, tiny_tokenizer
-from toy_target import word_tokenizer
+from helpers.tiny_models import tiny_loaded, tiny_tokenizer
+from helpers.toy_target import word_tokenizer
 
 from core.errors import UserError
 from core.explain.features import replacement_token, text_features

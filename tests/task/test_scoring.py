@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tiny_models import tiny_loaded
+from helpers.tiny_models import tiny_loaded
 
 from core.errors import UserError
 from core.model.pruning import dropped_attention

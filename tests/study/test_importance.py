@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import tiny_loaded
+from helpers.tiny_models import tiny_loaded
 
 from core.errors import UserError
 from core.study.importance import attention_scores, compute_scores

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from core.metrics import CALIBRATION, METRICS
-from tiny_models import tiny_loaded
+from helpers.tiny_models import tiny_loaded
 
 from core.cache import ResultCache
 from core.explain.agreement import agreement
 from core.explain.dataset import DatasetExplainer, ExplainConfig
+from core.metrics import CALIBRATION, METRICS
 from core.study.compare import compare_explanations, compare_results, mask_name
 from core.task.data import dataset_from_rows
 from core.task.evaluation import EvalConfig, evaluate

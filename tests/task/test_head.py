@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import tiny_bert, tiny_bert_loaded, tiny_loaded
+from helpers.tiny_models import tiny_bert, tiny_bert_loaded, tiny_loaded
 
 from core.cache import ResultCache
 from core.errors import UserError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from toy_target import BagOfWordsTarget
+from helpers.toy_target import BagOfWordsTarget
 
 from core.errors import UserError
 from core.explain.features import text_features

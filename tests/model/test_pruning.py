@@ -6,7 +6,7 @@ import threading
 
 import pytest
 import torch
-from tiny_models import FAMILIES, tiny_model
+from helpers.tiny_models import FAMILIES, tiny_model
 
 from core.errors import UserError
 from core.model.architectures import spec_for_model, supported_model_types

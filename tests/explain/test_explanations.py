@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_loaded
+from helpers.tiny_models import tiny_loaded
 
 from core.cache import ResultCache
 from core.errors import UserError

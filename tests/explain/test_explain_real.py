@@ -6,13 +6,13 @@ import csv
 import json
 
 import pytest
-from test_end_to_end import _run
+from helpers.cli import run_cli
 
 pytestmark = pytest.mark.slow
 
 
 def test_explain_json_has_words_scores_prediction_and_agreement(fresh_results, capsys) -> None:
-    code, out, err = _run(capsys, "explain", "--example", "17", "--explainer", "occlusion", "--drop-attn", "25,26",
+    code, out, err = run_cli(capsys, "explain", "--example", "17", "--explainer", "occlusion", "--drop-attn", "25,26",
                           "--json", "-")
     assert code == 0, err
     got = json.loads(out)
@@ -23,7 +23,7 @@ def test_explain_json_has_words_scores_prediction_and_agreement(fresh_results, c
     assert len(e["faithfulness_comprehensiveness_at_k"]) == 5
     assert got["dropped_attention_layers"] == [25, 26] and "full_model" in got
     assert {"precision", "recall", "f1", "iou", "spearman"} <= set(got["agreement_with_full_model"])
-    code, out, _ = _run(capsys, "explain", "--example", "17", "--explainer", "occlusion", "--granularity", "token",
+    code, out, _ = run_cli(capsys, "explain", "--example", "17", "--explainer", "occlusion", "--granularity", "token",
                         "--json", "-")
     tokens = json.loads(out)["explanation"]["features"]
     assert len(tokens) > len(e["features"])
@@ -31,7 +31,7 @@ def test_explain_json_has_words_scores_prediction_and_agreement(fresh_results, c
 
 def test_evaluate_with_faithfulness_adds_the_fields(fresh_results, capsys, tmp_path) -> None:
     preds = tmp_path / "p.csv"
-    code, out, err = _run(capsys, "evaluate", "--n", "6", "--val-n", "0", "--faithfulness", "--explainer",
+    code, out, err = run_cli(capsys, "evaluate", "--n", "6", "--val-n", "0", "--faithfulness", "--explainer",
                           "kernel-shap", "--param", "n_samples=40", "--json", "-", "--predictions", str(preds))
     assert code == 0, err
     got = json.loads(out)
@@ -53,7 +53,7 @@ def test_evaluate_with_faithfulness_adds_the_fields(fresh_results, capsys, tmp_p
     (["evaluate", "--faithfulness", "--explainer", "lime", "--param", "width=2"], "has no parameter 'width'"),
 ])
 def test_bad_explain_input_gets_a_clear_message(fresh_results, capsys, argv, message) -> None:
-    code, _, err = _run(capsys, *argv)
+    code, _, err = run_cli(capsys, *argv)
     assert code == 2 and message in err and "Traceback" not in err
 
 

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from toy_target import BagOfWordsTarget
+from helpers.toy_target import BagOfWordsTarget
 
 from core.explain.faithfulness import K_PERCENTS, faithfulness, faithfulness_many, rationale_sizes, top_features
 from core.explain.features import text_features

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_models import tiny_loaded
+from helpers.tiny_models import tiny_loaded
 
 from core.cache import ResultCache
 from core.cli import main

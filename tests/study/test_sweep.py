@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tiny_models import tiny_loaded
+from helpers.tiny_models import tiny_loaded
 
 from core.cache import ResultCache
 from core.errors import UserError
