@@ -61,7 +61,9 @@ def test_lime_and_kernel_shap_beat_the_random_baseline_on_real_reviews(fresh_res
     from core import DatasetExplainer, ExplainConfig, Setup, dataset_faithfulness, load_dataset, load_model
 
     lm, ds = load_model(), load_dataset()
-    examples, _ = ds.sample("test", 30, seed=0)
+    # 12 reviews: measured margins are 0.16 (LIME) and 0.14 (Kernel SHAP) over the random baseline's
+    # comprehensiveness, three times the 0.05 asked for; 30 reviews took 4 of the suite's 10 minutes
+    examples, _ = ds.sample("test", 12, seed=0)
     for name in ("lime", "kernel-shap"):
         explainer = DatasetExplainer(Setup(lm, ds), (), ExplainConfig.make(name, {"n_samples": 100}))
         s = dataset_faithfulness(explainer, examples).summary()
