@@ -3,9 +3,10 @@
 import streamlit as st
 
 import ui
+from core.metrics import CALIBRATION
+from core.study.compare import compare_results, mask_name
 from core.study.figures import confidence_histogram, reliability_diagram
 from core.task import calibration as cal
-from core.task.evaluation import metrics_table
 
 ctx = ui.context()
 st.title("Calibration: is the model as sure as it is right?")
@@ -16,14 +17,15 @@ st.caption(f"{ctx.lm.name} on {ctx.ds.name}: {ctx.n} test examples, answers by {
 with ui.guard("the calibration view"):
     # the validation examples that temperature scaling needs are scored only once it is switched on
     scaled = bool(st.session_state.get("temperature", False))
-    full = ui.evaluate_with_progress(ctx, (), "full model", scaled)
-    pruned = ui.evaluate_with_progress(ctx, ctx.drop, f"{len(ctx.drop)} layers dropped", scaled) if ctx.drop else None
-    pruned_name = f"{len(ctx.drop)} attention layers dropped"
+    names = ("full model", mask_name(ctx.drop))
+    with ui.scoring_bar(ctx.n) as progress:
+        c = compare_results(ctx.setup, ctx.drop, ctx.eval_config(temperature=scaled), progress=progress, names=names)
+    full, pruned = c.base, (None if c.same_mask else c.other)
     ui.metrics_row(full.metrics, pruned.metrics if pruned else None, ctx.lm.num_layers, len(ctx.drop))
     scaled = st.toggle("Temperature scaling (fitted on 100 validation examples, per mask)", key="temperature",
                        help="divides the logits by one number T chosen to minimise validation NLL; "
                             "accuracy is unchanged, confidence is repaired")
-    runs = {"full model": full} | ({pruned_name: pruned} if pruned else {})
+    runs = {names[0]: full} | ({names[1]: pruned} if pruned else {})
     tables = {name: r.reliability for name, r in runs.items()}
     confidences = {name: r.probs.max(axis=1) for name, r in runs.items()}
     if scaled:
@@ -39,15 +41,11 @@ with ui.guard("the calibration view"):
         ui.chart(reliability_diagram(tables), "reliability-diagram", ctx)
     with right:
         ui.chart(confidence_histogram(confidences), "confidence-histogram", ctx)
-    table = metrics_table(full.metrics, pruned.metrics if pruned else None, ("full model", pruned_name))
-    if scaled:
-        for name, r in runs.items():
-            if r.metrics_temperature_scaled is not None:
-                table[f"{name} after T"] = metrics_table(r.metrics_temperature_scaled).iloc[:, 0]
     st.subheader("Metrics")
-    st.caption("ECE: the gap between confidence and accuracy, averaged over 15 equal-width confidence bins, "
-               "weighted by the examples in each. Adaptive ECE uses equal-count bins; MCE is the worst bin. "
-               "Lower is better for every metric but accuracy.")
-    ui.table(table.round(4), "calibration-metrics")
+    st.caption(f"ECE: the gap between confidence and accuracy, averaged over {cal.DEFAULT_BINS} equal-width "
+               "confidence bins, weighted by the examples in each. Adaptive ECE uses equal-count bins; MCE is the "
+               "worst bin. "
+               + ui.direction_note(CALIBRATION))
+    ui.table(c.metrics_table(temperature_scaled=scaled).round(4), "calibration-metrics")
     for w in (pruned or full).warnings:
         st.warning(w)

@@ -5,7 +5,8 @@ import streamlit as st
 
 import ui
 from core.explain.agreement import agreement
-from core.explain.dataset import Explainer
+from core.metrics import METRICS
+from core.study.compare import compare_explanations, compare_results
 from core.study.figures import faithfulness_curves, token_heatmap
 
 ctx = ui.context()
@@ -15,17 +16,10 @@ st.caption(f"Attributions by {title} over the words of the input (never the prom
            "demonstrations), for the predicted answer. Red supports it, blue opposes it.")
 
 with ui.guard("the explanations view"):
-    full = ui.evaluate_with_progress(ctx, (), "full model", temperature=False)
-    pruned = ui.evaluate_with_progress(ctx, ctx.drop, "pruned model", temperature=False) if ctx.drop else full
-    fp, pp = full.predictions(), pruned.predictions()
-    browse = pd.DataFrame({
-        "id": fp["id"], "text": fp["text"], "label": fp["label"],
-        "full prediction": fp["prediction"], "full confidence": fp["confidence"],
-        "pruned prediction": pp["prediction"], "pruned confidence": pp["confidence"],
-    })
-    browse["flipped"] = browse["full prediction"] != browse["pruned prediction"]
-    browse["confidence change"] = browse["pruned confidence"] - browse["full confidence"]
-    browse["pruned correct"] = pp["correct"]
+    with ui.scoring_bar(ctx.n) as progress:
+        results = compare_results(ctx.setup, ctx.drop, ctx.eval_config(temperature=False), progress=progress,
+                                  names=("full", "pruned"))
+    browse = results.per_example()
     c1, c2 = st.columns([3, 2])
     show = c1.radio("Show", ["all", "prediction flipped by pruning", "wrong after pruning", "right after pruning"],
                     horizontal=True, key="example_filter")
@@ -49,27 +43,22 @@ with ui.guard("the explanations view"):
     ui.write_url(ctx)  # the chosen example goes into the link too
     with st.expander(f"The {len(view)} examples shown", expanded=False):
         ui.table(view.round(3), "examples", hide_index=True)
-    ex = next(e for e in full.examples if e.id == example_id)
+    ex = next(e for e in results.base.examples if e.id == example_id)
     row = browse[browse["id"] == example_id].iloc[0]
     st.markdown(f"> {ex.text}")
     st.caption(f"label **{row['label']}** · full model: **{row['full prediction']}** "
                f"({row['full confidence']:.2f}) · pruned: **{row['pruned prediction']}** "
                f"({row['pruned confidence']:.2f})")
-    builder = ctx.builder()
     with st.spinner(f"Explaining with {title} (seconds per model the first time; cached after)..."):
-        ex_full = Explainer(ctx.lm, ctx.ds, builder, "test", (), ctx.explain, ctx.cache)
-        ex_pruned = Explainer(ctx.lm, ctx.ds, ctx.builder(ctx.drop), "test", ctx.drop, ctx.explain, ctx.cache)
-        a_full, _ = ex_full.explain(ex)
-        a_pruned, _ = ex_pruned.explain(ex)
-        r_full, _ = ex_full.explain(ex, "random")
-        curves = {"full model": ex_full.faithfulness([ex], [a_full])[0],
-                  "pruned model": ex_pruned.faithfulness([ex], [a_pruned])[0],
-                  "random baseline (full model)": ex_full.faithfulness([ex], [r_full])[0]}
-    answers = builder.answer_words
-    rows = {f"full: {answers[a_full.predicted]}": (a_full.names, a_full.scores),
-            f"pruned: {answers[a_pruned.predicted]}": (a_pruned.names, a_pruned.scores)}
+        c = compare_explanations(ctx.setup, ctx.drop, ex, ctx.explain, "test", with_random=True)
+    # without a mask both sides are the full model, shown twice as before
+    a_full, a_pruned = c.base, c.other or c.base
+    g = c.agreement or agreement(a_full.scores, a_pruned.scores)
+    curves = {"full model": c.base_faithfulness, "pruned model": c.other_faithfulness or c.base_faithfulness,
+              "random baseline (full model)": c.random_faithfulness}
+    rows = {f"full: {c.answer(a_full)}": (a_full.names, a_full.scores),
+            f"pruned: {c.answer(a_pruned)}": (a_pruned.names, a_pruned.scores)}
     ui.chart(token_heatmap(rows), "token-heatmap", ctx)
-    g = agreement(a_full.scores, a_pruned.scores)
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
     cols = st.columns(5)
     cols[0].metric("top-20% F1", fmt(g.f1), help="overlap of the two rationales (top 20% supporting words)")
@@ -77,12 +66,13 @@ with ui.guard("the explanations view"):
     cols[2].metric("precision", fmt(g.precision), help="share of the pruned rationale in the full one")
     cols[3].metric("recall", fmt(g.recall), help="share of the full rationale in the pruned one")
     cols[4].metric("Spearman", fmt(g.spearman), help="rank correlation of all the words' scores")
-    if a_full.predicted != a_pruned.predicted:
+    if c.flipped:
         st.warning("Pruning flipped the prediction: the two explanations support different answers.")
     st.subheader("Faithfulness of these explanations (ERASER)")
-    st.caption("Comprehensiveness: how much the answer's probability drops when the top k% words are removed "
-               "(higher: the explanation found what mattered). Sufficiency: how much it drops when only they are "
-               "kept (lower: they were enough). Each on the model being explained.")
+    comp, suff = METRICS["comprehensiveness"], METRICS["sufficiency"]
+    st.caption(f"Comprehensiveness: how much the answer's probability drops when the top k% words are removed "
+               f"({comp.better}: the explanation found what mattered). Sufficiency: how much it drops when only "
+               f"they are kept ({suff.better}: they were enough). Each on the model being explained.")
     ui.chart(faithfulness_curves(curves), "faithfulness-curves", ctx)
     words = pd.DataFrame({"word": a_full.names, "full model": a_full.scores, "pruned model": a_pruned.scores})
     ui.table(words, "attributions", hide_index=True)

@@ -3,9 +3,9 @@
 import streamlit as st
 
 import ui
-from core.explain.agreement import agreement
-from core.explain.dataset import Explainer
+from core.metrics import METRICS
 from core.model.loading import preset
+from core.study.compare import compare_explanations, compare_results
 from core.study.figures import importance_bars, reliability_diagram, token_heatmap
 from core.task import calibration as cal
 
@@ -16,8 +16,10 @@ st.caption(f"Every number on this page is computed live: {ctx.lm.name} on {ctx.d
 with ui.guard("the Learn page"):
     k = 4
     drop = tuple(sorted(ctx.scores.most_redundant(k)))
-    full = ui.evaluate_with_progress(ctx, (), "full model")
-    pruned = ui.evaluate_with_progress(ctx, drop, f"{k} layers dropped")
+    with ui.scoring_bar(ctx.n) as progress:
+        results = compare_results(ctx.setup, drop, ctx.eval_config(), progress=progress,
+                                  names=("full model", f"{k} layers dropped"))
+    full, pruned = results.base, results.other
     fm, pm = full.metrics, pruned.metrics
 
     st.header("1. The task")
@@ -52,16 +54,13 @@ with ui.guard("the Learn page"):
                 "it in the sidebar to watch temperature scaling repair a badly calibrated model.")
 
     st.header("3. Explanations: which words mattered?")
-    builder = ctx.builder()
     ex = min(full.examples[:40], key=lambda e: abs(len(e.text.split()) - 15))
     with st.spinner(f"Explaining one example with {ctx.explain.explainer}..."):
-        e_full = Explainer(ctx.lm, ctx.ds, builder, "test", (), ctx.explain, ctx.cache)
-        e_pruned = Explainer(ctx.lm, ctx.ds, ctx.builder(drop), "test", drop, ctx.explain, ctx.cache)
-        a_full, _ = e_full.explain(ex)
-        a_pruned, _ = e_pruned.explain(ex)
-        f_full = e_full.faithfulness([ex], [a_full])[0]
-        f_pruned = e_pruned.faithfulness([ex], [a_pruned])[0]
-    answer = builder.answer_words[a_full.predicted]
+        c = compare_explanations(ctx.setup, drop, ex, ctx.explain, "test")
+    # a model of one layer or more always has k >= 1 most redundant layers: two explanations to compare
+    a_full, f_full = c.base, c.base_faithfulness
+    a_pruned, f_pruned = c.other or c.base, c.other_faithfulness or c.base_faithfulness
+    answer = c.answer(a_full)
     st.markdown(f"> {ex.text}")
     best = a_full.names[a_full.order[0]]
     st.markdown(
@@ -72,8 +71,9 @@ with ui.guard("the Learn page"):
         "Is the explanation **faithful** to what the model really does? Remove the top-scored words and see "
         "whether the answer's probability drops: that drop is **comprehensiveness** "
         f"(here {f_full.comprehensiveness:.3f}, averaged over removing the top 1, 5, 10, 20 and 50% of the "
-        "words; higher is better). Keep only those "
-        f"words: the drop is **sufficiency** (here {f_full.sufficiency:.3f}; lower is better).")
+        f"words; {METRICS['comprehensiveness'].better} is better). Keep only those "
+        f"words: the drop is **sufficiency** (here {f_full.sufficiency:.3f}; {METRICS['sufficiency'].better} "
+        "is better).")
 
     st.header("4. Pruning: drop attention layers")
     st.markdown(
@@ -81,14 +81,14 @@ with ui.guard("the Learn page"):
         f"1 - cos(x, x + attn(x)) is close to 0. Dropping the {k} lowest (layers {', '.join(map(str, drop))}) "
         "makes the model smaller and faster.")
     ui.chart(importance_bars(ctx.scores.scores, drop), "learn-importance", ctx)
-    g = agreement(a_full.scores, a_pruned.scores)
+    g = c.agreement
     st.markdown(
         f"| | full model | {k} layers dropped |\n|---|---|---|\n"
         f"| accuracy | {fm.accuracy:.3f} | {pm.accuracy:.3f} |\n| ECE | {fm.ece:.3f} | {pm.ece:.3f} |\n"
         f"| Brier | {fm.brier:.3f} | {pm.brier:.3f} |\n"
         f"| comprehensiveness (this example) | {f_full.comprehensiveness:.3f} | {f_pruned.comprehensiveness:.3f} |\n"
         f"| sufficiency (this example) | {f_full.sufficiency:.3f} | {f_pruned.sufficiency:.3f} |\n")
-    spearman = "n/a" if g.spearman is None else f"{g.spearman:.2f}"
+    spearman = "n/a" if g is None or g.spearman is None else f"{g.spearman:.2f}"
     st.markdown(
         f"Accuracy moved by {pm.accuracy - fm.accuracy:+.3f}, ECE by {pm.ece - fm.ece:+.3f}. The explanation of the "
         f"example changed too: the rank correlation of the word scores between the two models is {spearman}.")

@@ -5,6 +5,7 @@ import streamlit as st
 
 import ui
 from core.errors import UserError
+from core.metrics import FAITHFULNESS
 from core.study.figures import pareto_scatter, tradeoff_curves
 from core.study.report import check_sweep_table
 from core.study.strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig, layer_order
@@ -23,7 +24,7 @@ with ui.guard("the trade-offs view"):
     with_faith = c[1].toggle("With faithfulness", value=True, key="sweep_faith")
     faith_n = int(c[2].number_input("Examples explained per mask", 2, ctx.n, min(10, ctx.n), key="faith_n",
                                     disabled=not with_faith))
-    config = PointConfig(eval=ctx.eval_config(()), explain=ctx.explain if with_faith else None, faith_n=faith_n)
+    config = PointConfig(eval=ctx.eval_config(), explain=ctx.explain if with_faith else None, faith_n=faith_n)
     s1, s2 = st.columns([2, 3])
     name = s1.selectbox("Strategy", list(STRATEGIES), index=list(STRATEGIES).index(DEFAULT_STRATEGY),
                         key="strategy", help="\n".join(f"{k}: {v}" for k, v in STRATEGIES.items()))
@@ -37,21 +38,15 @@ with ui.guard("the trade-offs view"):
     strategy = StrategyConfig(name=name, steps=max_drop, weights=weights)
     current = mask_label(ctx.drop)
     if c[3].button("Run sweep", type="primary", key="run_sweep", width="stretch"):
-        bar = st.progress(0.0, text="starting")
-
-        def show(what: str, done: int, total: int) -> None:
-            bar.progress(min(done / max(total, 1), 1.0), text=what)
-
-        order = layer_order(ctx.lm, ctx.ds, strategy, ctx.prompt, ctx.cache, progress=show)
-        result = sweep(ctx.lm, ctx.ds, order, max_drop, config, ctx.cache, progress=show)
-        bar.empty()
+        with ui.stage_bar(lambda what, done, total: what) as show:
+            order = layer_order(ctx.setup, strategy, progress=show)
+            result = sweep(ctx.setup, order, max_drop, config, progress=show)
         st.session_state["sweep_table"] = result
         st.session_state["sweep_order"] = order
         st.session_state["sweep_source"] = f"{name}, run here"
     if st.button(f"Evaluate the current mask ({current})", key="eval_current"):
-        update, clear = ui.progress_bar("current mask")
-        evaluate_point(ctx.lm, ctx.ds, ctx.drop, config, ctx.cache, lambda what, d, t: update(d, t))
-        clear()
+        with ui.progress_bar("current mask") as update:
+            evaluate_point(ctx.setup, ctx.drop, config, lambda what, done, total: update(done, total))
 
     with st.expander("Open a sweep table written by `python -m core sweep`"):
         uploaded = st.file_uploader("sweep CSV", type=["csv"], key="sweep_upload")
@@ -81,8 +76,8 @@ with ui.guard("the trade-offs view"):
                 "masks in another view, costs nothing.")
 
     st.subheader("Accuracy against faithfulness, every mask evaluated so far")
-    measure = st.radio("Faithfulness", ["comprehensiveness", "sufficiency"], horizontal=True, key="pareto_measure")
-    seen = points(ctx.lm, ctx.ds, config, ctx.cache)
+    measure = st.radio("Faithfulness", list(FAITHFULNESS), horizontal=True, key="pareto_measure")
+    seen = points(ctx.setup, config)
     seen = seen[seen[measure].notna()].rename(columns={"layers": "mask"})
     ui.chart(pareto_scatter(seen, measure, current=current), "accuracy-vs-faithfulness", ctx)
     if not seen.empty:

@@ -1,26 +1,15 @@
-"""Streamlit glue shared by `app.py` and the pages: state, the shared sidebar, errors and downloads.
+"""The shared sidebar: model and data pickers, the encoder's head, the layer panel and the efficiency readout.
 
-Nothing here computes: results come from `core`, figures from `core.study.figures`. This module owns
-what only an interactive session has:
-
-* the state of a session (model, data, prompt, sample, explainer, mask, example) and its mirror in
-  the URL, so that a view can be shared as a link and survives a reload;
-* the shared sidebar with the layer panel and the efficiency readout;
-* error display (a message that says what to change, never a traceback) and downloads.
+`build_context` draws it and returns the selection as a `Context`; `context` is what a view calls.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from core.cache import ResultCache
@@ -32,76 +21,16 @@ from core.model.loading import DEFAULT_MODEL, PRESETS, LoadedModel, ModelPreset,
 from core.model.pruning import parse_layer_list, validate_mask
 from core.settings import home
 from core.study.importance import ImportanceScores, attention_scores, calibration_texts
-from core.task import calibration as cal
 from core.task.data import DEFAULT_DATASET, EMBEDDED, Dataset, load_dataset
-from core.task.evaluation import EvalConfig, EvalResult, evaluate
-from core.task.head import ClassifierInput, builder_for, train_head
-from core.task.prompts import STYLES, PromptBuilder, PromptConfig
+from core.task.head import train_head
+from core.task.prompts import STYLES, PromptConfig
+from core.task.setup import Setup
 
-log = logging.getLogger("prune_explorer")
+from .state import Context, handed_over, init_from_url, write_url
+from .widgets import guard
+
 OWN_FILE = "own file..."
 OTHER_MODEL = "hub id or local folder..."
-URL_KEYS = ("model", "dataset", "drop", "example")
-
-
-@dataclass
-class Context:
-    """Everything a page needs about the current selection."""
-
-    lm: LoadedModel
-    ds: Dataset
-    prompt: PromptConfig
-    n: int
-    explain: ExplainConfig
-    drop: tuple[int, ...]
-    scores: ImportanceScores
-    cache: ResultCache
-    image_format: str = "png"
-    warnings: list[str] = field(default_factory=list)
-    refit_head: bool = False
-    """Encoder classifiers: the pruned model's head is re-fitted on the pruned encoder."""
-
-    def eval_config(self, drop: tuple[int, ...] | None = None, temperature: bool = True) -> EvalConfig:
-        """``temperature=False`` skips the validation examples that temperature scaling is fitted on."""
-        return EvalConfig(n=self.n, drop=self.drop if drop is None else drop, prompt=self.prompt,
-                          val_n=100 if temperature else 0, refit_head=self.refit_head)
-
-    def builder(self, drop: tuple[int, ...] = ()) -> PromptBuilder | ClassifierInput:
-        """What turns texts into answers under mask ``drop``: the prompt, or the encoder's head."""
-        return builder_for(self.lm, self.ds, self.prompt, self.cache, drop, self.refit_head)
-
-    @property
-    def answers_by(self) -> str:
-        """How the model answers, in words, for captions."""
-        if self.lm.task != "classifier":
-            return f"{self.prompt.style} prompt"
-        return "a logistic-regression head on the encoder" + (
-            " (re-fitted on each pruned encoder)" if self.refit_head else " (fitted on the full encoder, frozen)")
-
-    def run_config(self) -> dict:
-        """The run's configuration, for the JSON download."""
-        return {"model": self.lm.name, "model_fingerprint": self.lm.fingerprint, "dataset": self.ds.name,
-                "dataset_fingerprint": self.ds.fingerprint, "n": self.n, "prompt": asdict(self.prompt),
-                "dropped_attention_layers": list(self.drop), "explainer": self.explain.explainer,
-                "explainer_params": self.explain.resolved_params(), "granularity": self.explain.granularity,
-                "removal": self.explain.removal, "k_percents": list(self.explain.k_percents),
-                "importance_scores": self.scores.scores, "answers_by": self.answers_by}
-
-
-# ---------------------------------------------------------------- errors
-
-
-@contextlib.contextmanager
-def guard(what: str = "this view") -> Iterator[None]:
-    """Show a problem as a message; a UserError says what to change, anything else is logged."""
-    try:
-        yield
-    except UserError as err:
-        st.error(str(err))
-    except Exception as err:  # noqa: BLE001 - the page must never show a traceback
-        log.exception("unexpected error in %s", what)
-        st.error(f"Something went wrong in {what}: {type(err).__name__}: {err}. Results already computed are "
-                 "kept; change the selection or reload the page.")
 
 
 # ---------------------------------------------------------------- cached resources
@@ -122,63 +51,22 @@ def _latency(model_id: str, drop: tuple[int, ...], _lm: LoadedModel) -> tuple[fl
     return compare_latency(_lm, drop, tokens=128, repeats=3)
 
 
-def progress_bar(text: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    """A progress callback drawing an ``st.progress`` bar, and a function that removes the bar.
-
-    Streamlit stops a run when the user changes a widget at the next element update, so a long
-    computation reporting progress is abandoned as soon as its result is no longer wanted.
-    """
-    bar = st.progress(0.0, text=text)
-
-    def update(done: int, total: int) -> None:
-        bar.progress(min(done / max(total, 1), 1.0), text=f"{text}: {done}/{total}")
-
-    return update, bar.empty
-
-
-def evaluate_with_progress(ctx: Context, drop: tuple[int, ...], label: str, temperature: bool = True) -> EvalResult:
-    """Evaluate under ``drop`` with a progress bar; without ``temperature``, no validation examples are scored."""
-    update, clear = progress_bar(f"Scoring {ctx.n} examples ({label})")
+def _load_or_keep(what: str, load: Callable, args: tuple | None, default: str):
+    """``load(*args)``, remembered as the last good choice; on a problem, say so and keep the last good one."""
+    good = st.session_state.get(f"_good_{what}", (default,))
+    if args is None:
+        return load(*good)
     try:
-        return evaluate(ctx.lm, ctx.ds, ctx.eval_config(drop, temperature), ctx.cache, progress=update)
-    finally:
-        clear()
+        value = load(*args)
+    except UserError as err:
+        st.sidebar.error(f"{err}. Still showing {good[0]}.")
+        return load(*good)
+    st.session_state[f"_good_{what}"] = args
+    st.session_state[f"{what}_choice"] = args[0]
+    return value
 
 
-# ---------------------------------------------------------------- state and URL
-
-
-def _init_from_url() -> None:
-    """On a session's first run, take the selection from the URL."""
-    if st.session_state.get("_url_loaded"):
-        return
-    st.session_state["_url_loaded"] = True
-    params = st.query_params
-    if "model" in params:
-        st.session_state["model_choice"] = params["model"]
-    if "dataset" in params:
-        st.session_state["dataset_choice"] = params["dataset"]
-    if "drop" in params:
-        st.session_state["_url_drop"] = params["drop"]
-    if "example" in params:
-        st.session_state["example"] = params["example"]
-
-
-def write_url(ctx: Context) -> None:
-    """Mirror the selection in the URL (only what differs from the defaults)."""
-    wanted = {"model": ctx.lm.name, "dataset": ctx.ds.name, "drop": ",".join(map(str, ctx.drop)),
-              "example": st.session_state.get("example") or ""}
-    defaults = {"model": DEFAULT_MODEL, "dataset": DEFAULT_DATASET, "drop": "", "example": ""}
-    for key in URL_KEYS:
-        value = wanted[key]
-        if value and value != defaults[key]:
-            if st.query_params.get(key) != value:
-                st.query_params[key] = value
-        elif key in st.query_params:
-            del st.query_params[key]
-
-
-# ---------------------------------------------------------------- sidebar
+# ---------------------------------------------------------------- model and data
 
 
 def _preset_label(p: ModelPreset, offline: bool) -> str:
@@ -224,42 +112,6 @@ def _model_picker() -> LoadedModel:
     return _load_or_keep("model", _model, (name,) if name else None, DEFAULT_MODEL)
 
 
-def _head_panel(lm: LoadedModel, ds: Dataset) -> bool:
-    """For an encoder: fit (or fetch from the cache) its head, say what it is, and offer re-fitting after pruning."""
-    slot = st.sidebar.empty()
-    bar: list = []
-
-    def update(done: int, total: int) -> None:  # a bar only when the head is really being fitted
-        if not bar:
-            bar.append(slot.progress(0.0))
-        bar[0].progress(min(done / max(total, 1), 1.0), text=f"Fitting the classifier head (once): {done}/{total}")
-
-    head = train_head(lm, ds, cache=ResultCache(), progress=update)
-    slot.empty()
-    st.sidebar.caption(f"Classifier head: logistic regression on the mean-pooled encoder output, trained on "
-                       f"{head.train_n:,} {ds.name} train texts (C = {head.c:g} chosen on {head.val_n} "
-                       f"validation texts, where it is right {head.val_accuracy:.0%} of the time).")
-    return st.sidebar.toggle("Prune, then re-fit the head", key="refit_head", value=False,
-                             help="off: the head fitted on the full encoder stays frozen, as in the study; on: the "
-                                  "pruned model gets a head fitted on the pruned encoder (a few seconds per mask), "
-                                  "showing how much of the damage a cheap re-fit repairs")
-
-
-def _load_or_keep(what: str, load: Callable, args: tuple | None, default: str):
-    """``load(*args)``, remembered as the last good choice; on a problem, say so and keep the last good one."""
-    good = st.session_state.get(f"_good_{what}", (default,))
-    if args is None:
-        return load(*good)
-    try:
-        value = load(*args)
-    except UserError as err:
-        st.sidebar.error(f"{err}. Still showing {good[0]}.")
-        return load(*good)
-    st.session_state[f"_good_{what}"] = args
-    st.session_state[f"{what}_choice"] = args[0]
-    return value
-
-
 def _dataset_picker() -> Dataset:
     choices = [*EMBEDDED, OWN_FILE]
     chosen = st.session_state.get("dataset_choice", DEFAULT_DATASET)
@@ -284,6 +136,33 @@ def _dataset_picker() -> Dataset:
     if not path:
         st.sidebar.info("Upload a file or give a path; until then the last dataset stays.")
     return _load_or_keep("dataset", _dataset, (path, text_col, label_col) if path else None, DEFAULT_DATASET)
+
+
+# ---------------------------------------------------------------- the encoder's head
+
+
+def _head_panel(lm: LoadedModel, ds: Dataset, prompt: PromptConfig, cache: ResultCache) -> bool:
+    """For an encoder: fit (or fetch from the cache) its head, say what it is, and offer re-fitting after pruning."""
+    slot = st.sidebar.empty()
+    bar: list = []
+
+    def update(done: int, total: int) -> None:  # a bar only when the head is really being fitted
+        if not bar:
+            bar.append(slot.progress(0.0))
+        bar[0].progress(min(done / max(total, 1), 1.0), text=f"Fitting the classifier head (once): {done}/{total}")
+
+    head = train_head(lm, ds, prompt, cache=cache, progress=update)
+    slot.empty()
+    st.sidebar.caption(f"Classifier head: logistic regression on the mean-pooled encoder output, trained on "
+                       f"{head.train_n:,} {ds.name} train texts (C = {head.c:g} chosen on {head.val_n} "
+                       f"validation texts, where it is right {head.val_accuracy:.0%} of the time).")
+    return st.sidebar.toggle("Prune, then re-fit the head", key="refit_head", value=False,
+                             help="off: the head fitted on the full encoder stays frozen, as in the study; on: the "
+                                  "pruned model gets a head fitted on the pruned encoder (a few seconds per mask), "
+                                  "showing how much of the damage a cheap re-fit repairs")
+
+
+# ---------------------------------------------------------------- layers and efficiency
 
 
 def _keep_key(i: int) -> str:
@@ -348,16 +227,21 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> None:
         full, pruned = _latency(lm.id, drop, lm)
         st.sidebar.metric("forward latency", f"{pruned * 1000:.0f} ms",
                           f"{(pruned - full) / full:+.1%} vs full ({full * 1000:.0f} ms)" if drop else None,
-                          delta_color="inverse")
+                          delta_color="inverse")  # time: lower is better (latency is not among core.metrics)
+
+
+# ---------------------------------------------------------------- the whole sidebar
 
 
 def sidebar() -> Context:
     """Build the shared sidebar and return the current selection."""
-    _init_from_url()
+    init_from_url()
     st.sidebar.title("Attention pruning explorer")
+    cache = ResultCache()
     lm = _model_picker()
     ds = _dataset_picker()
-    refit = _head_panel(lm, ds) if lm.task == "classifier" else False
+    # an encoder answers through its head, so its prompt is always the default one
+    refit = _head_panel(lm, ds, PromptConfig(), cache) if lm.task == "classifier" else False
     with st.sidebar.expander("Prompt, sample and explainer", expanded=False):
         style = "few-shot"
         if lm.task != "classifier":  # an encoder answers through its head; there is no prompt
@@ -372,18 +256,17 @@ def sidebar() -> Context:
                                     "replace them by the pad / unknown token")
         image_format = st.radio("Chart downloads", ["png", "svg"], horizontal=True, key="image_format",
                                 help="the camera button above each chart saves this format")
-    scores = attention_scores(lm, calibration_texts(ds), ResultCache())
+    scores = attention_scores(lm, calibration_texts(ds), cache=cache)
     drop = _layer_panel(lm, scores)
     _efficiency_readout(lm, drop)
     explain = ExplainConfig.make(explainer, removal=removal)
-    ctx = Context(lm=lm, ds=ds, prompt=PromptConfig(style=style), n=n, explain=explain, drop=drop, scores=scores,
-                  cache=ResultCache(), image_format=image_format, refit_head=refit)
     try:
         explain.validate()
-        ctx.explain = explain
     except UserError as err:
         st.sidebar.error(f"{err}; using 'delete'.")
-        ctx.explain = ExplainConfig.make(explainer)
+        explain = ExplainConfig.make(explainer)
+    setup = Setup(lm, ds, PromptConfig(style=style), refit_head=refit, cache=cache)
+    ctx = Context(setup=setup, n=n, explain=explain, drop=drop, scores=scores, image_format=image_format)
     st.sidebar.download_button("Download run configuration (JSON)", json.dumps(ctx.run_config(), indent=2),
                                file_name="run-config.json", mime="application/json", key="download_config")
     return ctx
@@ -400,11 +283,6 @@ def build_context() -> Context:
     return ctx
 
 
-def hand_over(ctx: Context) -> None:
-    """`app.py` passes the sidebar's selection to the page it runs next."""
-    st.session_state["_ctx"] = ctx
-
-
 def context() -> Context:
     """The selection for this page: handed over by `app.py` (built here if a view runs on its own).
 
@@ -412,35 +290,5 @@ def context() -> Context:
     entry script as a classic multipage app and then runs a page file without `app.py` (on a
     server's first run, and on every AppTest run), which would lose the shared sidebar.
     """
-    ctx = st.session_state.pop("_ctx", None)
+    ctx = handed_over()
     return ctx if ctx is not None else build_context()
-
-
-# ---------------------------------------------------------------- drawing and downloads
-
-
-def chart(fig: go.Figure, name: str, ctx: Context, key: str | None = None) -> None:
-    """A plotly chart whose camera button downloads ``name`` in the chosen format (PNG or SVG)."""
-    config = {"displaylogo": False, "toImageButtonOptions": {"format": ctx.image_format, "filename": name,
-                                                             "scale": 2 if ctx.image_format == "png" else 1}}
-    st.plotly_chart(fig, config=config, key=key or f"chart-{name}", width="stretch")
-
-
-def table(df: pd.DataFrame, name: str, key: str | None = None, **kwargs: object) -> None:
-    """A table with a CSV download button under it."""
-    st.dataframe(df, width="stretch", **kwargs)
-    st.download_button(f"Download {name}.csv", df.to_csv(index=kwargs.get("hide_index") is not True),
-                       file_name=f"{name}.csv", mime="text/csv", key=key or f"csv-{name}")
-
-
-def metrics_row(full: cal.CalibrationReport, pruned: cal.CalibrationReport | None, n_layers: int,
-                n_dropped: int) -> None:
-    shown = pruned or full
-    cols = st.columns(4)
-    cols[0].metric("accuracy", f"{shown.accuracy:.3f}",
-                   f"{shown.accuracy - full.accuracy:+.3f}" if pruned else None)
-    cols[1].metric("ECE", f"{shown.ece:.3f}", f"{shown.ece - full.ece:+.3f}" if pruned else None,
-                   delta_color="inverse")
-    cols[2].metric("Brier", f"{shown.brier:.3f}", f"{shown.brier - full.brier:+.3f}" if pruned else None,
-                   delta_color="inverse")
-    cols[3].metric("attention layers kept", f"{n_layers - n_dropped} / {n_layers}")

@@ -1,0 +1,38 @@
+"""Streamlit glue shared by `app.py` and the views; nothing here computes (results come from `core`).
+
+* `ui.state`: the session's selection (`Context`, which holds the core `Setup`) and its mirror in the URL;
+* `ui.sidebar`: the shared sidebar (model and data pickers, the encoder's head, the layer panel, the
+  efficiency readout) and `context`, the selection a view draws from;
+* `ui.widgets`: error display, progress bars, charts, tables with downloads and metric tiles.
+"""
+
+from .sidebar import build_context, context
+from .state import Context, hand_over, write_url
+from .widgets import (
+    chart,
+    delta_color,
+    direction_note,
+    guard,
+    metrics_row,
+    progress_bar,
+    scoring_bar,
+    stage_bar,
+    table,
+)
+
+__all__ = [
+    "Context",
+    "build_context",
+    "chart",
+    "context",
+    "delta_color",
+    "direction_note",
+    "guard",
+    "hand_over",
+    "metrics_row",
+    "progress_bar",
+    "scoring_bar",
+    "stage_bar",
+    "table",
+    "write_url",
+]
