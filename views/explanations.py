@@ -52,9 +52,9 @@ with ui.guard("the explanations view"):
     with st.spinner(f"Explaining with {title} (seconds per model the first time; cached after)..."):
         c = compare_explanations(ctx.setup, ctx.drop, ex, ctx.explain, "test", with_random=True)
     # without a mask both sides are the full model, shown twice as before
-    a_full, a_pruned = c.base, c.other or c.base
+    a_full, a_pruned = c.base, c.second
     g = c.agreement or agreement(a_full.scores, a_pruned.scores)
-    curves = {"full model": c.base_faithfulness, "pruned model": c.other_faithfulness or c.base_faithfulness,
+    curves = {"full model": c.base_faithfulness, "pruned model": c.second_faithfulness,
               "random baseline (full model)": c.random_faithfulness}
     rows = {f"full: {c.answer(a_full)}": (a_full.names, a_full.scores),
             f"pruned: {c.answer(a_pruned)}": (a_pruned.names, a_pruned.scores)}

@@ -59,7 +59,7 @@ with ui.guard("the Learn page"):
         c = compare_explanations(ctx.setup, drop, ex, ctx.explain, "test")
     # a model of one layer or more always has k >= 1 most redundant layers: two explanations to compare
     a_full, f_full = c.base, c.base_faithfulness
-    a_pruned, f_pruned = c.other or c.base, c.other_faithfulness or c.base_faithfulness
+    a_pruned, f_pruned = c.second, c.second_faithfulness
     answer = c.answer(a_full)
     st.markdown(f"> {ex.text}")
     best = a_full.names[a_full.order[0]]

@@ -122,6 +122,15 @@ class ExplanationComparison:
     random_faithfulness: Faithfulness | None = None
 
     @property
+    def second(self) -> Attribution:
+        """The second mask's explanation: ``other``, or the base's own when both masks are the same."""
+        return self.other if self.other is not None else self.base
+
+    @property
+    def second_faithfulness(self) -> Faithfulness:
+        return self.other_faithfulness if self.other_faithfulness is not None else self.base_faithfulness
+
+    @property
     def agreement(self) -> Agreement | None:
         """How much the two explanations agree (None when there is only one)."""
         return agreement(self.base.scores, self.other.scores) if self.other is not None else None

@@ -70,6 +70,7 @@ def test_explanations_side_by_side_equal_their_own_explainers(tmp_path) -> None:
     assert c.answer(c.base) in ("positive", "negative")
     alone = compare_explanations(setup, (), example, config)
     assert alone.other is None and alone.agreement is None and alone.random is None and not alone.flipped
+    assert alone.second is alone.base and alone.second_faithfulness is alone.base_faithfulness
 
 
 def test_mask_names() -> None:
