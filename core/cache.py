@@ -6,6 +6,9 @@
   ``os.replace``, so a reader never sees half a file and two processes writing the same key at once
   both leave a complete file.
 * The folder is bounded: after a write, least recently used entries go until it fits.
+* A damaged entry is a miss, never a crash: a file that cannot be read, is not UTF-8 or JSON, is not
+  an object, lacks a field the reader requires or fails the reader's check is logged once and
+  treated as absent, so the result is recomputed and the entry overwritten.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 from .settings import cache_max_bytes, home
 
 CACHE_VERSION = "1"
+log = logging.getLogger(__name__)
 
 
 def _json_default(obj: Any) -> Any:
@@ -69,16 +75,38 @@ class ResultCache:
     def _path(self, key: str) -> Path:
         return self.root / f"{key}.json"
 
-    def get(self, key: str) -> dict | None:
+    def get(self, key: str, required: Collection[str] = (), check: Callable[[dict], bool] | None = None
+            ) -> dict | None:
+        """The entry stored under ``key``, or None when there is none or it is damaged.
+
+        ``required`` names the fields a reader needs and ``check`` tests their shape; an entry that
+        lacks one or fails the check is damaged (written by an older version, or corrupted).
+        """
         path = self._path(key)
         try:
             with open(path, encoding="utf-8") as f:
-                value = json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
+                value = _decode_floats(json.load(f))
+        except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            return self._damaged(path, f"unreadable ({type(e).__name__})")
+        if not isinstance(value, dict):
+            return self._damaged(path, f"a JSON {type(value).__name__}, not an object")
+        if missing := [k for k in required if k not in value]:
+            return self._damaged(path, f"missing {', '.join(missing)}")
+        try:
+            ok = check is None or check(value)
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+            ok = False
+        if not ok:
+            return self._damaged(path, "not the expected shape")
         with contextlib.suppress(OSError):
             os.utime(path)  # marks it recently used
-        return _decode_floats(value)
+        return value
+
+    def _damaged(self, path: Path, why: str) -> None:
+        log.warning("result cache entry %s is %s: recomputing it", path.name, why)
+        return None
 
     def put(self, key: str, value: dict) -> None:
         data = json.dumps(_encode_floats(value), default=_json_default, allow_nan=False)

@@ -7,6 +7,8 @@ import math
 import multiprocessing as mp
 from pathlib import Path
 
+import pytest
+
 from core.cache import ResultCache, cache_key
 
 
@@ -68,3 +70,22 @@ def test_two_processes_writing_the_same_key(tmp_path: Path) -> None:
     value = ResultCache(tmp_path).get("same")
     assert value is not None and value["value"] in (1, 2) and len(value["pad"]) == 20000
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00not utf-8", b"[1, 2, 3]", b"{}", b'{"logits": [[1.0]]',
+                                     b"", b'"a string"', b'{"logits": "abc", "truncated": 0}', b"[" * 100_000])
+def test_a_damaged_entry_is_a_miss_and_is_logged(tmp_path: Path, content: bytes, caplog) -> None:
+    cache = ResultCache(tmp_path)
+    (tmp_path / "k.json").write_bytes(content)
+    with caplog.at_level("WARNING", logger="core.cache"):
+        got = cache.get("k", ("logits", "truncated"), lambda v: len(v["logits"][0]) == 1 and v["logits"] != "abc")
+    assert got is None
+    assert "k.json" in caplog.text and "recomputing" in caplog.text
+
+
+def test_a_check_that_raises_counts_as_damaged(tmp_path: Path) -> None:
+    cache = ResultCache(tmp_path)
+    cache.put("k", {"logits": 3})
+    assert cache.get("k", ("logits",), lambda v: len(v["logits"]) > 0) is None
+    cache.put("k", {"logits": [3]})
+    assert cache.get("k", ("logits",), lambda v: len(v["logits"]) > 0) == {"logits": [3]}

@@ -98,8 +98,7 @@ class _Judge:
         self.full_comp = self.comprehensiveness(()) if config.name == "trust-greedy" else 0.0
 
     def probs(self, drop: Sequence[int]) -> np.ndarray:
-        logits, _, _ = score_cached(self.setup, sorted(drop), self.builder, "validation", self.examples)
-        return cal.softmax(logits)
+        return cal.softmax(score_cached(self.setup, sorted(drop), self.builder, "validation", self.examples).logits)
 
     def comprehensiveness(self, drop: Sequence[int]) -> float:
         explainer = DatasetExplainer(self.setup, sorted(drop), self.explain, "validation")

@@ -21,7 +21,7 @@ from ..progress import Progress
 from . import calibration as cal
 from .data import Example
 from .head import AnswerInput
-from .scoring import score_examples
+from .scoring import Scores, score_examples
 from .setup import Setup
 
 
@@ -53,6 +53,8 @@ class EvalResult:
     metrics_temperature_scaled: cal.CalibrationReport | None
     examples: list[Example]
     logits: np.ndarray
+    label_mass: np.ndarray | None
+    """Per example, the probability on the answer words before renormalising over them (None for a head)."""
     seconds: float
     cached: bool
     warnings: list[str]
@@ -117,8 +119,8 @@ def score_cached(
     examples: Sequence[Example],
     batch_size: int = 16,
     progress: Progress | None = None,
-) -> tuple[np.ndarray, int, bool]:
-    """Candidate logits for ``examples`` under mask ``drop``: from the cache, or scored and stored.
+) -> Scores:
+    """Candidate logits (and label mass) for ``examples`` under mask ``drop``: from the cache, or scored and stored.
 
     ``builder`` is ``setup.builder(drop)``, passed in because callers scoring many example sets
     under one mask build it once.
@@ -128,13 +130,23 @@ def score_cached(
         "scores", model=setup.lm.id, data=setup.ds.fingerprint, split=split, ids=[ex.id for ex in examples],
         prompt=builder.describe(), drop=sorted(drop),
     )
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return np.array(hit["logits"], dtype=np.float64).reshape(len(examples), -1), hit["truncated"], True
+    n = len(examples)
+
+    def well_formed(hit: dict) -> bool:
+        mass = hit["label_mass"]
+        return (np.array(hit["logits"], dtype=np.float64).shape[:1] == (n,) and isinstance(hit["truncated"], int)
+                and (mass is None or np.array(mass, dtype=np.float64).shape == (n,)))
+
+    if cache is not None and (hit := cache.get(key, ("logits", "truncated", "label_mass"), well_formed)) is not None:
+        logits = np.array(hit["logits"], dtype=np.float64).reshape(n, -1)
+        mass = None if hit["label_mass"] is None else np.array(hit["label_mass"], dtype=np.float64)
+        return Scores(logits, hit["truncated"], 0.0, mass, cached=True)
     scores = score_examples(setup.lm, builder, examples, drop, batch_size=batch_size, progress=progress)
     if cache is not None:
         cache.put(key, {"logits": scores.logits.tolist(), "truncated": scores.truncated,
-                        "seconds": scores.seconds})
-    return scores.logits, scores.truncated, False
+                        "seconds": scores.seconds,
+                        "label_mass": None if scores.label_mass is None else scores.label_mass.tolist()})
+    return scores
 
 
 def evaluate(setup: Setup, config: EvalConfig = EvalConfig(), progress: Progress | None = None) -> EvalResult:
@@ -160,20 +172,19 @@ def evaluate(setup: Setup, config: EvalConfig = EvalConfig(), progress: Progress
         if progress:
             progress(len(examples) + done, total)
 
-    logits, truncated, hit = score_cached(setup, drop, builder, config.split, examples, config.batch_size,
-                                          test_progress)
-    if truncated:
+    scores = score_cached(setup, drop, builder, config.split, examples, config.batch_size, test_progress)
+    logits, hit = scores.logits, scores.cached
+    if scores.truncated:
         warnings.append(
-            f"{truncated} input(s) longer than {builder.max_text_tokens} tokens were truncated to fit"
+            f"{scores.truncated} input(s) longer than {builder.max_text_tokens} tokens were truncated to fit"
         )
     probs = cal.softmax(logits)
     labels = np.array([ex.label for ex in examples], dtype=int)
     temperature, scaled = None, None
     if val_examples:
-        val_logits, _, val_hit = score_cached(setup, drop, builder, "validation", val_examples, config.batch_size,
-                                              val_progress)
-        hit = hit and val_hit
-        temperature = cal.fit_temperature(val_logits, np.array([ex.label for ex in val_examples]))
+        val = score_cached(setup, drop, builder, "validation", val_examples, config.batch_size, val_progress)
+        hit = hit and val.cached
+        temperature = cal.fit_temperature(val.logits, np.array([ex.label for ex in val_examples]))
         scaled = cal.report(cal.softmax(logits, temperature), labels, config.n_bins)
     if progress:
         progress(total, total)
@@ -191,6 +202,7 @@ def evaluate(setup: Setup, config: EvalConfig = EvalConfig(), progress: Progress
         metrics_temperature_scaled=scaled,
         examples=list(examples),
         logits=logits,
+        label_mass=scores.label_mass,
         seconds=time.perf_counter() - start,
         cached=hit,
         warnings=warnings,

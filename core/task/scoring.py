@@ -4,6 +4,9 @@
 * Inputs are sorted by length and right-padded within a batch, so little compute goes to padding.
 * Only the last real position of each row goes through the output layer, and only the rows of the
   candidate tokens: softmax over those logits equals the full softmax renormalised over them.
+* Scoring a data set also keeps each example's log normaliser over the whole vocabulary, so the
+  probability mass the model puts on the candidate answers before renormalising (the label mass) is
+  known: a pruned model that drifts off the answer set shows it there, not in its confidence.
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ class Scores:
     """[n, n_answers] candidate logits; -inf where an example does not offer that answer."""
     truncated: int
     seconds: float
+    label_mass: np.ndarray | None = None
+    """[n] the full-vocabulary probability of the offered answers' tokens, before renormalising over
+    them (None for a classifier head, which has no vocabulary)."""
+    cached: bool = False
+    """Whether these came from the result cache (then ``seconds`` is 0)."""
 
 
 class AnswerHead:
@@ -44,9 +52,21 @@ class AnswerHead:
         logits = hidden.to(self.weight.dtype) @ self.weight.T
         if self.bias is not None:
             logits = logits + self.bias
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
+        return _soft_cap(logits, self.softcap)
+
+
+def _soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def log_normaliser(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """logsumexp of the full output layer's logits (bias and soft-capping included), one per row."""
+    out = lm.model.get_output_embeddings()
+    logits = hidden.to(out.weight.dtype) @ out.weight.T
+    if getattr(out, "bias", None) is not None:
+        logits = logits + out.bias
+    logits = _soft_cap(logits, getattr(lm.model.config, "final_logit_softcapping", None))
+    return torch.logsumexp(logits.float(), dim=-1)
 
 
 def candidate_logits(
@@ -61,8 +81,21 @@ def candidate_logits(
 
     For an encoder classifier these are its head's class logits.
     """
+    return _candidate_scores(lm, builder, inputs, batch_size, use_prefix_cache, progress)[0]
+
+
+def _candidate_scores(
+    lm: LoadedModel,
+    builder: AnswerInput,
+    inputs: Sequence[list[int]],
+    batch_size: int = 16,
+    use_prefix_cache: bool = True,
+    progress: Progress | None = None,
+    with_normaliser: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`candidate_logits`, and with ``with_normaliser`` each input's full-vocabulary `log_normaliser`."""
     if isinstance(builder, ClassifierInput):
-        return classifier_logits(lm, builder, inputs, batch_size, progress)
+        return classifier_logits(lm, builder, inputs, batch_size, progress), None
     model, base = lm.model, lm.model.base_model
     device = next(model.parameters()).device
     head = AnswerHead(lm, builder.candidate_ids)
@@ -71,6 +104,7 @@ def candidate_logits(
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
     result = np.zeros((len(inputs), len(builder.candidate_ids)), dtype=np.float64)
+    normaliser = np.zeros(len(inputs), dtype=np.float64) if with_normaliser else None
     all_dropped = len(active_mask(model)) == lm.num_layers
     cache_ok = use_prefix_cache and lm.spec.prefix_cache and not all_dropped and n_prefix > 0
     with torch.inference_mode():
@@ -104,10 +138,12 @@ def candidate_logits(
                 last = torch.tensor(lengths, device=device) - 1 + n_prefix
             h = hidden[torch.arange(len(rows), device=device), last]
             result[rows] = head(h).float().cpu().numpy()
+            if normaliser is not None:
+                normaliser[rows] = log_normaliser(lm, h).cpu().numpy()
             done += len(rows)
             if progress is not None:
                 progress(done, len(inputs))
-    return result
+    return result, normaliser
 
 
 def score_examples(
@@ -123,11 +159,15 @@ def score_examples(
     start = time.perf_counter()
     encoded = [builder.encode(ex.text) for ex in examples]
     with dropped_attention(lm.model, drop):
-        logits = candidate_logits(lm, builder, [e.ids for e in encoded], batch_size, use_prefix_cache, progress)
+        logits, normaliser = _candidate_scores(lm, builder, [e.ids for e in encoded], batch_size, use_prefix_cache,
+                                               progress, with_normaliser=True)
     offered = np.array(candidate_mask([ex.n_options for ex in examples], logits.shape[1]), dtype=bool)
     logits = np.where(offered, logits, -np.inf)
+    mass = None
+    if normaliser is not None:
+        mass = np.exp(logits - normaliser[:, None]).sum(axis=1) if len(examples) else np.zeros(0)
     return Scores(logits=logits, truncated=sum(e.truncated for e in encoded),
-                  seconds=time.perf_counter() - start)
+                  seconds=time.perf_counter() - start, label_mass=mass)
 
 
 def full_logits_loop(lm: LoadedModel, builder: PromptBuilder, examples: Sequence) -> np.ndarray:

@@ -72,8 +72,8 @@ def test_greedy_divergence_picks_what_one_step_of_brute_force_picks(tmp_path) ->
     builder = PromptBuilder(lm.tokenizer, ds, PROMPT, lm.has_chat_template, lm.max_positions)
     examples, _ = ds.sample("validation", 6, seed=0)
     uncached = Setup(lm, ds, PROMPT)
-    full = cal.softmax(score_cached(uncached, [], builder, "validation", examples)[0])
-    divergence = [js_divergence(full, cal.softmax(score_cached(uncached, [i], builder, "validation", examples)[0]))
+    full = cal.softmax(score_cached(uncached, [], builder, "validation", examples).logits)
+    divergence = [js_divergence(full, cal.softmax(score_cached(uncached, [i], builder, "validation", examples).logits))
                   .mean() for i in range(lm.num_layers)]
     assert order[0] == int(np.argmin(divergence))
 

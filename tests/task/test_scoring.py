@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from helpers.tiny_models import tiny_loaded
 
 from core.errors import UserError
@@ -71,3 +72,41 @@ def test_chat_style_needs_a_chat_template() -> None:
     ds = dataset_from_rows(ROWS, "tiny")
     with pytest.raises(UserError, match="no chat template"):
         PromptBuilder(lm.tokenizer, ds, PromptConfig(style="chat"), lm.has_chat_template, lm.max_positions)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt2"])
+@pytest.mark.parametrize("drop", [(), (0, 1)])
+def test_label_mass_is_the_full_softmax_on_the_answer_tokens(family: str, drop: tuple[int, ...]) -> None:
+    lm, ds, builder = _setup(family)
+    examples = ds.splits["train"][:6]
+    scores = score_examples(lm, builder, examples, drop, batch_size=4)
+    expected = []
+    with dropped_attention(lm.model, drop), torch.inference_mode():
+        for ex in examples:
+            ids = torch.tensor([builder.prefix_ids + builder.encode(ex.text).ids])
+            probs = torch.softmax(lm.model(input_ids=ids).logits[0, -1].double(), dim=-1)
+            expected.append(float(probs[builder.candidate_ids].sum()))
+    assert scores.label_mass is not None and scores.label_mass.shape == (6,)
+    np.testing.assert_allclose(scores.label_mass, expected, rtol=1e-4, atol=1e-7)
+    assert ((scores.label_mass > 0) & (scores.label_mass <= 1)).all()
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe not utf-8", b"[1, 2, 3]", b"{}", b'{"logits": [[0.5]], "truncated": 0}',
+                                     b'{"logits": [], "truncated": 0, "label_mass": null}'])
+def test_a_damaged_scores_entry_is_recomputed_and_overwritten(tmp_path, content: bytes) -> None:
+    from core.cache import ResultCache
+    from core.task.evaluation import EvalConfig, evaluate
+    from core.task.setup import Setup
+
+    lm, ds, _ = _setup("llama")
+    cache = ResultCache(tmp_path)
+    config = EvalConfig(n=6, split="train", val_n=0)
+    first = evaluate(Setup(lm, ds, cache=cache), config)
+    entries = list(tmp_path.glob("scores-*.json"))
+    assert len(entries) == 1
+    entries[0].write_bytes(content)
+    again = evaluate(Setup(lm, ds, cache=cache), config)
+    assert not again.cached
+    np.testing.assert_allclose(again.logits, first.logits)
+    np.testing.assert_allclose(again.label_mass, first.label_mass)
+    assert evaluate(Setup(lm, ds, cache=cache), config).cached
