@@ -65,6 +65,13 @@ class Faithfulness:
                 "comprehensiveness_at_k": self.comprehensiveness_at_k, "sufficiency_at_k": self.sufficiency_at_k}
 
     @classmethod
+    def mean(cls, curves: Sequence[Faithfulness]) -> Faithfulness:
+        """The pointwise mean of several explanations' curves of one input (e.g. several random draws)."""
+        return cls(list(curves[0].k_percents), curves[0].p_full,
+                   np.mean([c.comprehensiveness_at_k for c in curves], axis=0).tolist(),
+                   np.mean([c.sufficiency_at_k for c in curves], axis=0).tolist())
+
+    @classmethod
     def from_dict(cls, d: dict) -> Faithfulness:
         return cls(list(d["k_percents"]), float(d["p_full"]), list(d["comprehensiveness_at_k"]),
                    list(d["sufficiency_at_k"]))

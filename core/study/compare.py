@@ -15,12 +15,14 @@ The base mask is the full model by default; any two masks can be compared.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import pandas as pd
 
+from ..errors import UserError
 from ..explain.agreement import Agreement, agreement
-from ..explain.dataset import RANDOM, DatasetExplainer, ExplainConfig
+from ..explain.dataset import RANDOM, DatasetExplainer, ExplainConfig, sampling
 from ..explain.faithfulness import Faithfulness
 from ..explain.methods import Attribution
 from ..metrics import CALIBRATION, METRICS
@@ -105,7 +107,12 @@ def compare_results(setup: Setup, drop: Sequence[int], config: EvalConfig | None
 
 @dataclass
 class ExplanationComparison:
-    """One example explained under two masks with the same explainer."""
+    """One example explained under two masks with the same explainer.
+
+    With several seeds (sampling explainers only: LIME, Kernel SHAP), each mask is explained once per
+    seed: each word's score then has a spread, and the agreement between the masks can be read
+    against the agreement between two seeds on the base model (the noise ceiling).
+    """
 
     example: Example
     answers: tuple[str, ...]
@@ -118,8 +125,12 @@ class ExplanationComparison:
     other_faithfulness: Faithfulness | None = None
     other_cached: bool = False
     random: Attribution | None = None
-    """The seeded random explainer on the base model, when asked for: the floor faithfulness is read against."""
+    """The seeded random explainer on the base model (its first draw), when asked for."""
     random_faithfulness: Faithfulness | None = None
+    """The random explainer's curves averaged over `RANDOM_DRAWS` draws: the floor faithfulness is read against."""
+    base_runs: list[Attribution] = field(default_factory=list)
+    """The base mask's explanation under each seed (the first is ``base``); one run without seeds."""
+    other_runs: list[Attribution] = field(default_factory=list)
 
     @property
     def second(self) -> Attribution:
@@ -136,6 +147,42 @@ class ExplanationComparison:
         return agreement(self.base.scores, self.other.scores) if self.other is not None else None
 
     @property
+    def seeds(self) -> int:
+        return len(self.base_runs)
+
+    @property
+    def seed_agreements(self) -> list[Agreement]:
+        """The base mask's explanations under two different seeds, every pair: the noise ceiling."""
+        runs = self.base_runs
+        return [agreement(a.scores, b.scores) for i, a in enumerate(runs) for b in runs[i + 1:]]
+
+    @property
+    def cross_agreements(self) -> list[Agreement]:
+        """Every base-seed explanation against every other-seed explanation (empty when the masks coincide)."""
+        return [agreement(a.scores, b.scores) for a in self.base_runs for b in self.other_runs]
+
+    def spread(self, which: str = "base") -> np.ndarray | None:
+        """Each feature's standard deviation over seeds (None with fewer than two seeds)."""
+        runs = self.base_runs if which == "base" else self.other_runs
+        return np.std([r.scores for r in runs], axis=0, ddof=1) if len(runs) > 1 else None
+
+    def noise_verdict(self) -> str | None:
+        """Whether the masks' explanations differ by more than re-running the explainer does, in words.
+
+        The rule: beyond seed noise when every cross-mask Spearman correlation is below every
+        seed-to-seed one on the base model (``None`` without two seeds and two masks).
+        """
+        ceiling = [a.spearman for a in self.seed_agreements if a.spearman is not None]
+        cross = [a.spearman for a in self.cross_agreements if a.spearman is not None]
+        if not ceiling or not cross:
+            return None
+        span = f"seed-to-seed Spearman {min(ceiling):.2f} to {max(ceiling):.2f}, across masks {min(cross):.2f} " \
+               f"to {max(cross):.2f} ({self.seeds} seeds)"
+        if max(cross) < min(ceiling):
+            return f"the explanations differ by more than re-running the explainer does: {span}"
+        return f"the difference is within what re-running the explainer produces: {span}"
+
+    @property
     def flipped(self) -> bool:
         return self.other is not None and self.other.predicted != self.base.predicted
 
@@ -144,21 +191,36 @@ class ExplanationComparison:
 
 
 def compare_explanations(setup: Setup, drop: Sequence[int], example: Example, config: ExplainConfig | None = None,
-                         split: str = "test", base: Sequence[int] = (), with_random: bool = False
+                         split: str = "test", base: Sequence[int] = (), with_random: bool = False, seeds: int = 1
                          ) -> ExplanationComparison:
-    """Explain ``example`` under ``base`` and under ``drop``, with each explanation's faithfulness on its model."""
+    """Explain ``example`` under ``base`` and under ``drop``, with each explanation's faithfulness on its model.
+
+    ``seeds`` > 1 explains each mask with that many seeds (the configured one, then the next ones) when
+    the explainer samples; a deterministic explainer runs once whatever ``seeds`` says.
+    """
     config = config or ExplainConfig()
+    if seeds < 1:
+        raise UserError(f"the number of explainer seeds must be at least 1 (got {seeds})")
     drop = validate_mask(drop, setup.lm.num_layers)
     base = validate_mask(base, setup.lm.num_layers)
+    first_seed = int(config.resolved_params().get("seed", 0))  # type: ignore[call-overload]
+    run_seeds = [first_seed + i for i in range(seeds)] if sampling(config.explainer) else [None]
+
+    def runs(explainer: DatasetExplainer) -> tuple[list[Attribution], bool]:
+        done = [explainer.explain(example, seed=s) for s in run_seeds]
+        return [a for a, _ in done], all(hit for _, hit in done)
+
     first = DatasetExplainer(setup, base, config, split)
-    a, hit = first.explain(example)
-    out = ExplanationComparison(example=example, answers=tuple(first.builder.answer_words), base=a,
-                                base_faithfulness=first.faithfulness([example], [a])[0], base_cached=hit)
+    base_runs, hit = runs(first)
+    out = ExplanationComparison(example=example, answers=tuple(first.builder.answer_words), base=base_runs[0],
+                                base_faithfulness=first.faithfulness([example], base_runs[:1])[0], base_cached=hit,
+                                base_runs=base_runs)
     if drop != base:
         second = DatasetExplainer(setup, drop, config, split)
-        out.other, out.other_cached = second.explain(example)
+        out.other_runs, out.other_cached = runs(second)
+        out.other = out.other_runs[0]
         out.other_faithfulness = second.faithfulness([example], [out.other])[0]
     if with_random:
         out.random, _ = first.explain(example, RANDOM)
-        out.random_faithfulness = first.faithfulness([example], [out.random])[0]
+        out.random_faithfulness = first.random_baseline([example])[0][0]
     return out

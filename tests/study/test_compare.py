@@ -7,6 +7,7 @@ import pytest
 from helpers.tiny_models import tiny_loaded
 
 from core.cache import ResultCache
+from core.errors import UserError
 from core.explain.agreement import agreement
 from core.explain.dataset import DatasetExplainer, ExplainConfig
 from core.metrics import CALIBRATION, METRICS
@@ -77,3 +78,26 @@ def test_mask_names() -> None:
     assert mask_name(()) == "full model"
     assert mask_name((3,)) == "1 attention layer dropped"
     assert mask_name((1, 2)) == "2 attention layers dropped"
+
+
+def test_a_sampling_explainer_runs_once_per_seed_and_reads_against_its_seed_noise(tmp_path) -> None:
+    setup = _setup(ResultCache(tmp_path))
+    config = ExplainConfig.make("lime", {"n_samples": 40, "seed": 5})
+    example = setup.ds.splits["test"][3]
+    c = compare_explanations(setup, (2,), example, config, seeds=3, with_random=True)
+    assert c.seeds == 3 and len(c.other_runs) == 3 and c.base is c.base_runs[0]
+    assert [r.params["seed"] for r in c.base_runs] == [5, 6, 7]
+    explainer = DatasetExplainer(setup, (), config)
+    np.testing.assert_array_equal(c.base_runs[1].scores, explainer.explain(example, seed=6)[0].scores)
+    assert len(c.seed_agreements) == 3 and len(c.cross_agreements) == 9
+    assert c.seed_agreements[0] == agreement(c.base_runs[0].scores, c.base_runs[1].scores)
+    np.testing.assert_allclose(c.spread("base"), np.std([r.scores for r in c.base_runs], axis=0, ddof=1))
+    assert c.noise_verdict() is not None and "3 seeds" in c.noise_verdict()
+    # the random floor is the mean of three draws' curves
+    draws = [explainer.faithfulness([example], [explainer.explain(example, "random", s)[0]])[0] for s in range(3)]
+    assert c.random_faithfulness.comprehensiveness == pytest.approx(np.mean([d.comprehensiveness for d in draws]))
+    # a deterministic explainer runs once whatever the seeds
+    once = compare_explanations(setup, (2,), example, ExplainConfig.make("occlusion"), seeds=3)
+    assert once.seeds == 1 and once.spread() is None and once.noise_verdict() is None
+    with pytest.raises(UserError, match="at least 1"):
+        compare_explanations(setup, (2,), example, config, seeds=0)
