@@ -65,6 +65,14 @@ class Metric:
         """Whether a change of ``difference`` (new - old) is an improvement; no change is not one."""
         return self.oriented(difference) > 0
 
+    def verdict(self, difference: float, beyond_noise: bool, p_value: float | None = None) -> str:
+        """A paired difference (new - old) in plain words: ``"worse, beyond noise (p = 0.003)"`` or
+        ``"within noise (p = 0.41)"``; beyond noise means its 95% interval excludes 0."""
+        p = f" (p = {p_value:.2g})" if p_value is not None else ""
+        if not beyond_noise:
+            return f"within noise{p}"
+        return f"{'better' if self.improved(difference) else 'worse'}, beyond noise{p}"
+
 
 METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("accuracy", "accuracy", "higher", (0.0, 1.0),
@@ -79,6 +87,10 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("mce", "MCE", "lower", (0.0, 1.0),
            "Maximum calibration error: the largest gap between confidence and accuracy in any non-empty "
            "equal-width bin (the worst bin, however few examples it holds).", BOOTSTRAP),
+    Metric("smooth_ece", "smooth ECE", "lower", (0.0, 1.0),
+           "Smooth ECE (Błasiok & Nakkiran 2023): the calibration gap measured without bins, by kernel smoothing "
+           "with a bandwidth chosen from the data; it does not jump when one example crosses a bin edge.",
+           BOOTSTRAP),
     Metric("brier", "Brier score", "lower", (0.0, 2.0),
            "The mean over examples of the sum over answers of (probability - 1 if correct else 0)^2: 0 is "
            "certain and right, 2 certain and wrong. This multi-class form is twice the binary Brier score "
@@ -86,6 +98,10 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("nll", "NLL", "lower", (0.0, math.inf),
            "Negative log-likelihood: the mean of -log(probability given to the correct answer); 0 is certain "
            "and right, and it grows without bound when a confident answer is wrong.", BOOTSTRAP),
+    Metric("label_mass", "probability on the answers", "higher", (0.0, 1.0),
+           "How much probability the model puts on the candidate answer words before they are renormalised "
+           "against each other (averaged over examples): a model drifting off the answer set shows it here, "
+           "not in its confidence.", BOOTSTRAP),
     Metric("ece_temperature_scaled", "ECE after temperature scaling", "lower", (0.0, 1.0),
            "ECE once the logits are divided by one temperature, fitted on validation examples for each mask "
            "to minimise NLL: the miscalibration that a single rescaling of confidence cannot repair.",
@@ -106,7 +122,7 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
            "explainer should stay below.", BOOTSTRAP),
 )}
 
-CALIBRATION: tuple[str, ...] = ("accuracy", "ece", "adaptive_ece", "mce", "brier", "nll")
+CALIBRATION: tuple[str, ...] = ("accuracy", "ece", "adaptive_ece", "smooth_ece", "mce", "brier", "nll")
 """The metrics of one evaluation, in the order of `core.task.calibration.CalibrationReport`."""
 FAITHFULNESS: tuple[str, ...] = ("comprehensiveness", "sufficiency")
 """The ERASER faithfulness metrics of an explanation (their random baselines are ``random_<key>``)."""

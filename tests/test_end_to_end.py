@@ -106,3 +106,34 @@ def test_module_entry_point_exits_non_zero_without_traceback() -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "error: attention layer 'x' is not an integer" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_compare_json_predictions_and_self_comparison(fresh_results, capsys, tmp_path) -> None:
+    preds = tmp_path / "both.csv"
+    code, out, err = run_cli(capsys, "compare", "--n", "40", "--val-n", "20", "--drop-attn", "25,26,29",
+                             "--json", "-", "--predictions", str(preds))
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["n"] == 40 and got["dropped_attention_layers"] == [25, 26, 29]
+    for side in ("full", "pruned"):
+        for key in ("accuracy", "ece", "smooth_ece", "brier", "nll"):
+            lo, hi = got[side][key]["ci"]
+            assert lo <= got[side][key]["value"] <= hi
+    assert {"right_to_wrong", "wrong_to_right", "p_value"} <= set(got["mcnemar"])
+    assert "ece" in got["noise_floor"] and 0 < got["label_mass"]["full"]["value"] <= 1
+    with open(preds, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 40
+    assert {"correct_full", "correct_pruned", "confidence_full", "confidence_pruned"} <= set(rows[0])
+    code, out, _ = run_cli(capsys, "compare", "--n", "40", "--val-n", "0", "--drop-attn", "", "--json", "-")
+    same = json.loads(out)
+    assert all(d["value"] == 0 and d["ci"] == [0, 0] for d in same["difference"].values())
+    code, out, _ = run_cli(capsys, "compare", "--n", "40", "--val-n", "0", "--drop-k", "3")
+    assert code == 0 and ("within noise" in out or "beyond noise" in out)
+
+
+def test_evaluate_json_has_intervals_and_warns_on_a_small_sample(fresh_results, capsys) -> None:
+    code, out, err = run_cli(capsys, "evaluate", "--n", "12", "--val-n", "0", "--json", "-")
+    got = json.loads(out)
+    assert code == 0 and set(got["intervals"]) >= {"accuracy", "ece", "smooth_ece", "brier", "nll", "label_mass"}
+    assert got["noise_floor"]["ece"]["q95"] > 0 and "95% interval runs from" in err

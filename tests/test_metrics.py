@@ -15,14 +15,16 @@ from core.explain.faithfulness import Faithfulness
 from core.metrics import CALIBRATION, FAITHFULNESS, METRICS, Metric, metric
 from core.study.figures import faithfulness_curves, pareto_scatter, tradeoff_curves
 from core.study.report import render
-from core.study.sweep import COLUMNS
+from core.study.sweep import COLUMNS, INTERVALS, interval_columns
 from core.task import calibration as cal
 
-NOT_METRICS = {"dropped", "layers", "temperature", "seconds", "latency_ms", "latency_full_ms"}
+NOT_METRICS = {"dropped", "layers", "temperature", "seconds", "latency_ms", "latency_full_ms", "right_to_wrong",
+               "wrong_to_right", "mcnemar_p", "ece_noise_q95", *[c for k in INTERVALS for c in interval_columns(k)]}
 
 
 def test_every_metric_column_of_a_sweep_has_one_row() -> None:
     assert set(METRICS) == set(COLUMNS) - NOT_METRICS
+    assert set(INTERVALS) <= set(METRICS)
     assert all(key == m.key for key, m in METRICS.items())
     report_fields = [f.name for f in dataclasses.fields(cal.CalibrationReport) if f.name != "n_bins"]
     assert list(CALIBRATION) == report_fields
@@ -33,8 +35,8 @@ def test_every_metric_column_of_a_sweep_has_one_row() -> None:
 
 def test_directions_and_ranges() -> None:
     assert {k for k, m in METRICS.items() if not m.lower_is_better} == {
-        "accuracy", "comprehensiveness", "random_comprehensiveness"}
-    for k in ("ece", "adaptive_ece", "mce", "brier", "nll", "ece_temperature_scaled", "sufficiency"):
+        "accuracy", "comprehensiveness", "random_comprehensiveness", "label_mass"}
+    for k in ("ece", "adaptive_ece", "smooth_ece", "mce", "brier", "nll", "ece_temperature_scaled", "sufficiency"):
         assert METRICS[k].better == "lower"
     for k in FAITHFULNESS:
         assert METRICS[f"random_{k}"].better == METRICS[k].better and METRICS[k].range == (-1.0, 1.0)
@@ -59,6 +61,14 @@ def test_calibration_metrics_stay_in_their_ranges() -> None:
     for k in CALIBRATION:
         low, high = METRICS[k].range
         assert low <= report[k] <= high, k
+
+
+def test_verdicts_follow_the_direction_and_the_interval() -> None:
+    ece, acc = METRICS["ece"], METRICS["accuracy"]
+    assert ece.verdict(0.03, True, 0.004) == "worse, beyond noise (p = 0.004)"
+    assert ece.verdict(-0.03, True) == "better, beyond noise"
+    assert acc.verdict(-0.03, True, 0.01) == "worse, beyond noise (p = 0.01)"
+    assert acc.verdict(-0.03, False, 0.41) == "within noise (p = 0.41)"
 
 
 def test_helpers() -> None:

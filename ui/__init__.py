@@ -15,9 +15,11 @@ from .widgets import (
     guard,
     metrics_row,
     progress_bar,
+    sample_size_hint,
     scoring_bar,
     stage_bar,
     table,
+    verdict_line,
 )
 
 __all__ = [
@@ -31,8 +33,10 @@ __all__ = [
     "hand_over",
     "metrics_row",
     "progress_bar",
+    "sample_size_hint",
     "scoring_bar",
     "stage_bar",
     "table",
+    "verdict_line",
     "write_url",
 ]

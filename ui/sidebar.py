@@ -243,10 +243,14 @@ def sidebar() -> Context:
     # an encoder answers through its head, so its prompt is always the default one
     refit = _head_panel(lm, ds, PromptConfig(), cache) if lm.task == "classifier" else False
     with st.sidebar.expander("Prompt, sample and explainer", expanded=False):
-        style = "few-shot"
+        style, prompt_seed = "few-shot", 0
         if lm.task != "classifier":  # an encoder answers through its head; there is no prompt
             style = st.selectbox("Prompt style", [s for s in STYLES if s != "chat" or lm.has_chat_template],
                                  index=1, key="prompt_style")
+            prompt_seed = int(st.number_input(
+                "Demonstration draw (seed)", 0, 999, 0, key="prompt_seed", disabled=style == "zero-shot",
+                help="which demonstrations the few-shot prompt shows; the Calibration page measures how much "
+                     "the numbers move between draws"))
         n = int(st.slider("Examples", 20, 400, 200, step=20, key="n",
                           help="test examples scored for accuracy and calibration"))
         explainer = st.selectbox("Explainer", list(EXPLAINERS), index=list(EXPLAINERS).index(DEFAULT_EXPLAINER),
@@ -265,7 +269,7 @@ def sidebar() -> Context:
     except UserError as err:
         st.sidebar.error(f"{err}; using 'delete'.")
         explain = ExplainConfig.make(explainer)
-    setup = Setup(lm, ds, PromptConfig(style=style), refit_head=refit, cache=cache)
+    setup = Setup(lm, ds, PromptConfig(style=style, seed=prompt_seed), refit_head=refit, cache=cache)
     ctx = Context(setup=setup, n=n, explain=explain, drop=drop, scores=scores, image_format=image_format)
     st.sidebar.download_button("Download run configuration (JSON)", json.dumps(ctx.run_config(), indent=2),
                                file_name="run-config.json", mime="application/json", key="download_config")

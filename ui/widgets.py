@@ -16,14 +16,16 @@ import streamlit as st
 from core.errors import UserError
 from core.metrics import METRICS
 from core.progress import Progress, StageProgress
-from core.task.calibration import CalibrationReport
+from core.study.compare import ResultComparison
 
 from .state import Context
 
 log = logging.getLogger("prune_explorer")
 
-TILES = (("accuracy", "accuracy"), ("ECE", "ece"), ("Brier", "brier"))
-"""The metric tiles over the views: (label, key in `METRICS`)."""
+TILES = ("accuracy", "ece", "smooth_ece", "brier", "label_mass")
+"""The metric tiles over the views (keys of `METRICS`); a tile whose metric a model lacks is left out."""
+MAX_N = 400
+"""The largest sample the sidebar's slider offers."""
 
 
 # ---------------------------------------------------------------- errors
@@ -126,12 +128,68 @@ def _join(words: list[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
-def metrics_row(full: CalibrationReport, pruned: CalibrationReport | None, n_layers: int, n_dropped: int) -> None:
-    """Accuracy, ECE and Brier of the shown model (the pruned one, if any) with its change from the full model."""
-    shown = pruned or full
-    cols = st.columns(len(TILES) + 1)
-    for col, (label, key) in zip(cols, TILES, strict=False):
-        value, before = getattr(shown, key), getattr(full, key)
-        col.metric(label, f"{value:.3f}", f"{value - before:+.3f}" if pruned else None, delta_color=delta_color(key),
-                   help=METRICS[key].meaning)
+def metrics_row(c: ResultComparison, n_layers: int, n_dropped: int) -> None:
+    """The shown model's headline metrics, each with its 95% interval; with a mask, the change from the full
+    model with its paired interval and verdict. A change within noise gets no colour."""
+    pruned = not c.same_mask
+    stats = c.stats() if pruned else None
+    intervals = stats.other if stats else c.base.intervals()
+    keys = [k for k in TILES if k in intervals]
+    cols = st.columns(len(keys) + 1)
+    for col, key in zip(cols, keys, strict=False):
+        m, iv = METRICS[key], intervals[key]
+        if stats is None:
+            col.metric(m.title, f"{iv.value:.3f}", help=m.meaning)
+            col.caption(f"95% CI {iv.lo:.3f} to {iv.hi:.3f}")
+            continue
+        d = stats.difference[key]
+        col.metric(m.title, f"{iv.value:.3f}", f"{d.value:+.3f}", help=m.meaning,
+                   delta_color=delta_color(key) if d.beyond_noise else "off")
+        col.caption(f"95% CI {iv.lo:.3f} to {iv.hi:.3f}; change [{d.lo:+.3f}, {d.hi:+.3f}]: "
+                    f"**{m.verdict(d.value, d.beyond_noise, d.p_value)}**")
     cols[-1].metric("attention layers kept", f"{n_layers - n_dropped} / {n_layers}")
+
+
+def verdict_line(c: ResultComparison, names: tuple[str, str]) -> str:
+    """One plain sentence on the pruned model against the full one (or on the full model alone), with noise."""
+    full = c.base.metrics
+    conf_full = float(c.base.probs.max(axis=1).mean())
+    gap = lambda acc, conf: ("overconfident" if conf > acc else "underconfident", abs(conf - acc))  # noqa: E731
+    word, by = gap(full.accuracy, conf_full)
+    if c.same_mask:
+        floor = c.base.noise_floor()["ece"]
+        calibrated = ("consistent with perfect calibration at this n" if floor.consistent else
+                      f"beyond what chance gives a calibrated model (up to {floor.q95:.3f} at this n)")
+        return (f"The full model is right {full.accuracy:.0%} of the time and {conf_full:.0%} sure on average: "
+                f"{word} by {by * 100:.0f} points; its ECE {full.ece:.3f} is {calibrated}.")
+    s, other = c.stats(), c.other.metrics
+    conf = float(c.other.probs.max(axis=1).mean())
+    word2, by2 = gap(other.accuracy, conf)
+    ece = s.difference["ece"]
+    m = s.mcnemar
+    return (f"{names[1].capitalize()}: right {other.accuracy:.0%} of the time, {conf:.0%} sure on average: {word2} "
+            f"by {by2 * 100:.0f} points; the {names[0]} {word} by {by * 100:.0f}. Accuracy "
+            f"{METRICS['accuracy'].verdict(s.difference['accuracy'].value, s.difference['accuracy'].beyond_noise)} "
+            f"({m.right_to_wrong} answers went right → wrong, {m.wrong_to_right} wrong → right, McNemar "
+            f"p = {m.p_value:.2g}); ECE {METRICS['ece'].verdict(ece.value, ece.beyond_noise, ece.p_value)}.")
+
+
+def sample_size_hint(c: ResultComparison, n_available: int, key: str = "ece", delta: float = 0.02) -> None:
+    """How many examples would resolve a ``delta`` change in ``key``, with a button that sets the sample size."""
+    if c.same_mask:
+        return
+    needed = c.stats().examples_needed(key, delta)
+    title = METRICS[key].title
+    if needed <= c.base.n:
+        st.caption(f"At n = {c.base.n}, a change of {delta} in {title} would be resolved (80% power).")
+        return
+    limit = min(MAX_N, n_available)
+    target = min(-(-needed // 20) * 20, limit - limit % 20)
+    left, right = st.columns([3, 1])
+    left.caption(f"To resolve a {delta} change in {title} (80% power), evaluate about **{needed:,}** examples; "
+                 f"this is {c.base.n}."
+                 + (f" The app goes up to {limit}: use `python -m core compare --n {needed}` for more."
+                    if needed > limit else ""))
+    if target > c.base.n:
+        right.button(f"Use n = {target}", key=f"raise-n-{key}", on_click=lambda: st.session_state.update(n=target),
+                     help="sets the sample size in the sidebar and re-evaluates")

@@ -5,6 +5,7 @@ import streamlit as st
 
 import ui
 from core.explain.agreement import agreement
+from core.explain.dataset import sampling
 from core.metrics import METRICS
 from core.study.compare import compare_explanations, compare_results
 from core.study.figures import faithfulness_curves, token_heatmap
@@ -49,13 +50,19 @@ with ui.guard("the explanations view"):
     st.caption(f"label **{row['label']}** · full model: **{row['full prediction']}** "
                f"({row['full confidence']:.2f}) · pruned: **{row['pruned prediction']}** "
                f"({row['pruned confidence']:.2f})")
-    with st.spinner(f"Explaining with {title} (seconds per model the first time; cached after)..."):
-        c = compare_explanations(ctx.setup, ctx.drop, ex, ctx.explain, "test", with_random=True)
+    seeds = 1
+    if sampling(ctx.explain.explainer):
+        seeds = int(st.number_input(
+            "Explainer seeds", 1, 5, 1, key="explainer_seeds",
+            help=f"{title} samples perturbations at random: run it under several seeds to see how much its "
+                 "scores move by chance, and whether pruning changes the explanation by more than that"))
+    with st.spinner(f"Explaining with {title} (seconds per model and seed the first time; cached after)..."):
+        c = compare_explanations(ctx.setup, ctx.drop, ex, ctx.explain, "test", with_random=True, seeds=seeds)
     # without a mask both sides are the full model, shown twice as before
     a_full, a_pruned = c.base, c.second
     g = c.agreement or agreement(a_full.scores, a_pruned.scores)
     curves = {"full model": c.base_faithfulness, "pruned model": c.second_faithfulness,
-              "random baseline (full model)": c.random_faithfulness}
+              "random baseline (full model, mean of 3 draws)": c.random_faithfulness}
     rows = {f"full: {c.answer(a_full)}": (a_full.names, a_full.scores),
             f"pruned: {c.answer(a_pruned)}": (a_pruned.names, a_pruned.scores)}
     ui.chart(token_heatmap(rows), "token-heatmap", ctx)
@@ -68,6 +75,14 @@ with ui.guard("the explanations view"):
     cols[4].metric("Spearman", fmt(g.spearman), help="rank correlation of all the words' scores")
     if c.flipped:
         st.warning("Pruning flipped the prediction: the two explanations support different answers.")
+    if sampling(ctx.explain.explainer) and ctx.drop:
+        if (verdict := c.noise_verdict()) is not None:
+            (st.warning if verdict.startswith("the explanations differ") else st.info)(verdict.capitalize() + ".")
+        else:
+            st.caption(f"{title} samples at random: two seeds of it on the same input and model agree only at about "
+                       "Spearman 0.7-0.8 (measured on this project's default model), so agreement at that level "
+                       "says nothing about pruning. Set explainer seeds to 2 or more to measure it for this "
+                       "example.")
     st.subheader("Faithfulness of these explanations (ERASER)")
     comp, suff = METRICS["comprehensiveness"], METRICS["sufficiency"]
     st.caption(f"Comprehensiveness: how much the answer's probability drops when the top k% words are removed "
@@ -75,6 +90,10 @@ with ui.guard("the explanations view"):
                f"they are kept ({suff.better}: they were enough). Each on the model being explained.")
     ui.chart(faithfulness_curves(curves), "faithfulness-curves", ctx)
     words = pd.DataFrame({"word": a_full.names, "full model": a_full.scores, "pruned model": a_pruned.scores})
+    if (spread := c.spread("base")) is not None:
+        words["full model, SD over seeds"] = spread
+        if (other := c.spread("other")) is not None:
+            words["pruned model, SD over seeds"] = other
     ui.table(words, "attributions", hide_index=True)
     st.caption(f"{title}: {a_full.seconds:.1f} s (full), {a_pruned.seconds:.1f} s (pruned) when computed; "
                f"parameters {a_full.params}")

@@ -95,7 +95,33 @@ with ui.guard("the Learn page"):
     both = {"full model": (a_full.names, a_full.scores), f"{k} dropped": (a_pruned.names, a_pruned.scores)}
     ui.chart(token_heatmap(both), "learn-heatmap-both", ctx)
 
-    st.header("5. The lesson")
+    st.header("5. Is the difference real, or noise?")
+    s = results.stats()
+    acc, ece = s.difference["accuracy"], s.difference["ece"]
+    floor = s.noise_floor["ece"][0]
+    st.markdown(
+        f"These numbers come from {s.n} examples. Another {s.n} would give slightly different ones, so two numbers "
+        f"that differ may not really differ. Resample the same examples many times ({s.n_resamples} here), "
+        "recompute both models on each resample, and look at the middle 95% of the differences: that is the "
+        "**95% interval** of the change. If it contains 0, the change is **within noise**.")
+    st.markdown(
+        f"- Accuracy changed by {acc.value:+.3f}, interval [{acc.lo:+.3f}, {acc.hi:+.3f}]: "
+        f"**{METRICS['accuracy'].verdict(acc.value, acc.beyond_noise, acc.p_value)}**. "
+        f"{s.mcnemar.right_to_wrong} answers went from right to wrong and {s.mcnemar.wrong_to_right} from wrong to "
+        f"right; if pruning did nothing, a split this uneven would happen with probability "
+        f"p = {s.mcnemar.p_value:.2g} (McNemar's test).\n"
+        f"- ECE changed by {ece.value:+.3f}, interval [{ece.lo:+.3f}, {ece.hi:+.3f}]: "
+        f"**{METRICS['ece'].verdict(ece.value, ece.beyond_noise, ece.p_value)}**.\n"
+        f"- Even a **perfectly calibrated** model shows some ECE on {s.n} examples, by chance alone: with the full "
+        f"model's confidences, {floor.mean:.3f} on average and up to {floor.q95:.3f}. The full model's "
+        f"{floor.observed:.3f} is "
+        + ("therefore consistent with perfect calibration." if floor.consistent
+           else "beyond that: real miscalibration."))
+    st.markdown(
+        f"To resolve a change of 0.02 in ECE, you would need about **{s.examples_needed('ece', 0.02):,}** examples. "
+        "The Calibration page shows every metric this way, with a plain verdict next to each change.")
+
+    st.header("6. The lesson")
     st.success(
         "Accuracy alone does not tell you whether a pruned model can still be trusted. Tropeano et al. (2026) "
         "found that dropping attention layers often keeps accuracy while calibration and the faithfulness of "

@@ -9,7 +9,7 @@ from core.metrics import FAITHFULNESS
 from core.study.figures import pareto_scatter, tradeoff_curves
 from core.study.report import check_sweep_table
 from core.study.strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig, layer_order
-from core.study.sweep import PointConfig, evaluate_point, mask_label, points, sweep, sweep_order
+from core.study.sweep import PointConfig, evaluate_point, mask_label, points, readable, sweep, sweep_order
 
 ctx = ui.context()
 st.title("Trade-offs: what does each dropped layer cost?")
@@ -70,6 +70,9 @@ with ui.guard("the trade-offs view"):
         st.caption(f"Sweep: {st.session_state.get('sweep_source', '')}")
         prefix = [len(ctx.drop)] if sorted(order[: len(ctx.drop)]) == sorted(ctx.drop) else []
         ui.chart(tradeoff_curves(table, current=prefix[0] if prefix else None), "tradeoff-curves", ctx)
+        st.caption("Shaded: 95% intervals over the test examples. Each change from the full model is paired over "
+                   "the same examples and is beyond noise only when its interval excludes 0.")
+        st.dataframe(readable(table), hide_index=True, width="stretch")
         ui.table(table.round(4), "sweep", hide_index=True)
     else:
         st.info("Run a sweep to draw the curves. Every mask it evaluates is cached: a second run, or the same "

@@ -21,6 +21,8 @@ from .common import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..explain.dataset import FaithfulnessResult
     from ..task.evaluation import EvalResult
     from .common import Subparsers
@@ -46,16 +48,20 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--faithfulness-n", type=int, default=None,
                    help="explain only the first N evaluated examples (default: all)")
     add_explainer_args(p, default="lime")
+    p.add_argument("--prompt-seeds", default=None, metavar="S,S,..",
+                   help="also evaluate under these demonstration draws (few-shot) and report the spread")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
     from ..explain.dataset import DatasetExplainer, dataset_faithfulness
+    from ..study.compare import across_prompt_seeds, parse_seeds, seed_spread
     from ..task.evaluation import EvalConfig, evaluate
 
     explain = explain_config(args) if args.faithfulness else None
     if args.faithfulness_n is not None and args.faithfulness_n < 1:
         raise UserError(f"--faithfulness-n must be at least 1 (got {args.faithfulness_n})")
+    seeds = parse_seeds(args.prompt_seeds) if args.prompt_seeds is not None else None
     setup = build_setup(args)
     drop = mask(args, setup)
     config = EvalConfig(n=args.n, split=args.split, drop=tuple(drop), seed=args.seed, balanced=args.balanced,
@@ -73,20 +79,32 @@ def run(args: argparse.Namespace) -> None:
             faith = dataset_faithfulness(explainer, result.examples[: args.faithfulness_n], progress=bar)
         summary.update(faith.summary())
         predictions = faith.add_to(predictions)
+    spread = None
+    if seeds is not None:
+        with Bar("prompt seeds") as bar:
+            table = across_prompt_seeds(setup, drop, seeds, config, base=drop, progress=bar.stage)
+        spread = seed_spread(table)
+        summary["prompt_seeds"] = {"seeds": seeds, "per_seed": table.to_dict(orient="records"),
+                                   "spread": spread.to_dict(orient="index")}
     if args.predictions:
         predictions.to_csv(args.predictions, index=False)
     if args.json:
         write_json(summary, args.json)
     if args.json != "-":
-        _print(result, faith)
+        _print(result, summary, faith, spread)
 
 
-def _print(result: EvalResult, faith: FaithfulnessResult | None) -> None:
-    m = result.metrics
+def _print(result: EvalResult, summary: dict, faith: FaithfulnessResult | None, spread: pd.DataFrame | None) -> None:
+    from ..metrics import METRICS
+
     print(f"{result.model} on {result.dataset} ({result.split}, n={result.n}), attention dropped: "
           f"{result.dropped_attention_layers or 'none'}")
-    print(f"accuracy {m.accuracy:.3f}  ECE {m.ece:.3f}  adaptive ECE {m.adaptive_ece:.3f}  MCE {m.mce:.3f}  "
-          f"Brier {m.brier:.3f}  NLL {m.nll:.3f}")
+    print("  ".join(f"{METRICS[k].title} {v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+                    for k, v in summary["intervals"].items()) + "   (95% intervals)")
+    for key, floor in summary["noise_floor"].items():
+        print(f"{METRICS[key].title}: a perfectly calibrated model with these confidences shows up to "
+              f"{floor['q95']:.3f} at this n: {'consistent' if floor['consistent'] else 'not consistent'} "
+              f"with perfect calibration")
     if result.temperature is not None and result.metrics_temperature_scaled is not None:
         print(f"temperature {result.temperature:.3f} (fitted on validation): "
               f"ECE {result.metrics_temperature_scaled.ece:.3f}")
@@ -96,3 +114,6 @@ def _print(result: EvalResult, faith: FaithfulnessResult | None) -> None:
         print(f"{f['explainer']} on {f['faithfulness_n']} examples: comprehensiveness {f['comprehensiveness']:.3f} "
               f"(random {f['random_baseline_comprehensiveness']:.3f}), sufficiency {f['sufficiency']:.3f} "
               f"(random {f['random_baseline_sufficiency']:.3f}); {f['faithfulness_seconds']:.1f} s")
+    if spread is not None:
+        print("across prompt seeds (demonstration draws):")
+        print(spread.round(4).to_string())

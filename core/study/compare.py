@@ -32,6 +32,21 @@ from ..task.calibration import CalibrationReport
 from ..task.data import Example
 from ..task.evaluation import EvalConfig, EvalResult, evaluate
 from ..task.setup import Setup
+from ..task.uncertainty import (
+    LEVEL,
+    N_RESAMPLES,
+    Difference,
+    Interval,
+    McNemar,
+    NoiseFloor,
+    examples_needed,
+    mcnemar,
+    mean_interval,
+    noise_floor,
+    paired_differences,
+    paired_mean_difference,
+    resample_counts,
+)
 
 NAMES = ("full model", "pruned")
 
@@ -61,6 +76,7 @@ class ResultComparison:
     base: EvalResult
     other: EvalResult
     names: tuple[str, str] = NAMES
+    _stats: dict[tuple[int, int], PairedStats] = field(default_factory=dict, repr=False)
 
     @property
     def same_mask(self) -> bool:
@@ -73,6 +89,24 @@ class ResultComparison:
             for name, r in zip(self.names, (self.base, self.other), strict=True):
                 if r.metrics_temperature_scaled is not None and (name == self.names[0] or not self.same_mask):
                     table[f"{name} after T"] = metrics_table(r.metrics_temperature_scaled).iloc[:, 0]
+        return table
+
+    def stats(self, n_resamples: int = N_RESAMPLES, seed: int = 0) -> PairedStats:
+        """Every metric's interval and the paired differences (computed once per resampling setting)."""
+        key = (n_resamples, seed)
+        if key not in self._stats:
+            self._stats[key] = paired_stats(self.base, self.other, n_resamples, seed)
+        return self._stats[key]
+
+    def predictions(self, suffixes: tuple[str, str] = ("full", "pruned")) -> pd.DataFrame:
+        """One row per example, both sides' columns suffixed (``correct_full``, ``confidence_pruned``, ...)."""
+        table = self.base.predictions()[["id", "text", "label"]]
+        for suffix, r in zip(suffixes, (self.base, self.other), strict=True):
+            p = r.predictions().drop(columns=["id", "text", "label"])
+            if r.label_mass is not None:
+                p["label_mass"] = r.label_mass
+            table = pd.concat([table, p.add_suffix(f"_{suffix}")], axis=1)
+        table["flipped"] = table[f"prediction_{suffixes[0]}"] != table[f"prediction_{suffixes[1]}"]
         return table
 
     def per_example(self) -> pd.DataFrame:
@@ -90,6 +124,103 @@ class ResultComparison:
         return table
 
 
+SCALED = ("ece", "adaptive_ece", "smooth_ece", "mce", "brier", "nll")
+"""The metrics that temperature scaling changes (it never changes a prediction, so not accuracy)."""
+
+
+@dataclass
+class PairedStats:
+    """Two evaluations of the same examples: every metric with its 95% interval, and their paired differences.
+
+    Differences are ``other - base``, bootstrapped with the examples resampled jointly (`core.task.uncertainty`).
+    ``scaled_*`` are the same after each side's own temperature (empty without temperature scaling).
+    """
+
+    n: int
+    n_resamples: int
+    seed: int
+    base: dict[str, Interval]
+    other: dict[str, Interval]
+    difference: dict[str, Difference]
+    mcnemar: McNemar
+    noise_floor: dict[str, tuple[NoiseFloor, NoiseFloor]]
+    """Per binned and smooth ECE: (base, other) against a perfectly calibrated model with their confidences."""
+    scaled_base: dict[str, Interval] = field(default_factory=dict)
+    scaled_other: dict[str, Interval] = field(default_factory=dict)
+    scaled_difference: dict[str, Difference] = field(default_factory=dict)
+
+    def verdict(self, key: str, temperature_scaled: bool = False) -> str:
+        """The difference in ``key`` in plain words, e.g. ``"worse, beyond noise (p = 0.003)"``."""
+        d = (self.scaled_difference if temperature_scaled else self.difference)[key]
+        return METRICS[key].verdict(d.value, d.beyond_noise, d.p_value)
+
+    def examples_needed(self, key: str, delta: float) -> int:
+        """About how many examples resolve a true change of ``delta`` in ``key`` (80% power, 5% level).
+
+        The paired SD at this n is read off the difference's 95% interval (its width / 3.92).
+        """
+        d = self.difference[key]
+        return examples_needed(max((d.hi - d.lo) / 3.92, 1e-12), self.n, delta)
+
+    def table(self, names: tuple[str, str] = NAMES, temperature_scaled: bool = False) -> pd.DataFrame:
+        """One row per metric: each side with its interval, the difference with its interval, p and verdict."""
+        base, other, diff = ((self.scaled_base, self.scaled_other, self.scaled_difference) if temperature_scaled
+                             else (self.base, self.other, self.difference))
+        rows = []
+        for key, d in diff.items():
+            rows.append({"metric": METRICS[key].title, names[0]: base[key].value, f"{names[0]} 95% CI": _ci(base[key]),
+                         names[1]: other[key].value, f"{names[1]} 95% CI": _ci(other[key]),
+                         "difference": d.value, "difference 95% CI": _ci(d), "p": d.p_value,
+                         "verdict": METRICS[key].verdict(d.value, d.beyond_noise)})
+        return pd.DataFrame(rows).set_index("metric")
+
+    def as_json(self, names: tuple[str, str] = ("full", "pruned")) -> dict:
+        """The shape ``python -m core compare --json`` writes (intervals as ``[lo, hi]``)."""
+        first, second = names
+
+        def side(d: dict) -> dict:
+            return {k: v.as_dict() for k, v in d.items()}
+
+        out = {"n": self.n, "bootstrap": {"resamples": self.n_resamples, "seed": self.seed, "level": LEVEL},
+               first: side(self.base), second: side(self.other), "difference": side(self.difference),
+               "mcnemar": self.mcnemar.as_dict(),
+               "noise_floor": {k: {first: a.as_dict(), second: b.as_dict()} for k, (a, b) in self.noise_floor.items()},
+               "label_mass": {name: side["label_mass"].as_dict() if "label_mass" in side else None
+                              for name, side in ((first, self.base), (second, self.other))}}
+        if self.scaled_difference:
+            out["temperature_scaled"] = {first: side(self.scaled_base), second: side(self.scaled_other),
+                                         "difference": side(self.scaled_difference)}
+        return out
+
+
+def _ci(i: Interval | Difference) -> str:
+    return f"[{i.lo:.3f}, {i.hi:.3f}]"
+
+
+def paired_stats(base: EvalResult, other: EvalResult, n_resamples: int = N_RESAMPLES, seed: int = 0) -> PairedStats:
+    """`PairedStats` of two evaluations of the same examples (the same ids in the same order)."""
+    if [ex.id for ex in base.examples] != [ex.id for ex in other.examples]:
+        raise UserError("the two evaluations cover different examples; a paired comparison needs the same ones "
+                        "(same data, split, n and seed)")
+    labels, n_bins = base.labels, base.metrics.n_bins
+    a, b, d = paired_differences(base.probs, other.probs, labels, n_bins, n_resamples, seed)
+    if base.label_mass is not None and other.label_mass is not None:
+        counts = resample_counts(base.n, n_resamples, seed)
+        a["label_mass"] = mean_interval(base.label_mass, counts)
+        b["label_mass"] = mean_interval(other.label_mass, counts)
+        d["label_mass"] = paired_mean_difference(base.label_mass, other.label_mass, counts)
+    floors = [noise_floor(r.probs, labels, n_bins, seed=seed) for r in (base, other)]
+    stats = PairedStats(n=base.n, n_resamples=n_resamples, seed=seed, base=a, other=b, difference=d,
+                        mcnemar=mcnemar(base.probs.argmax(1) == labels, other.probs.argmax(1) == labels),
+                        noise_floor={k: (floors[0][k], floors[1][k]) for k in floors[0]})
+    sa, sb = base.temperature_scaled_probs, other.temperature_scaled_probs
+    if sa is not None and sb is not None:
+        a, b, d = paired_differences(sa, sb, labels, n_bins, n_resamples, seed)
+        stats.scaled_base, stats.scaled_other, stats.scaled_difference = (
+            {k: x[k] for k in SCALED} for x in (a, b, d))
+    return stats
+
+
 def compare_results(setup: Setup, drop: Sequence[int], config: EvalConfig | None = None, base: Sequence[int] = (),
                     progress: StageProgress | None = None, names: tuple[str, str] = NAMES) -> ResultComparison:
     """Evaluate ``config``'s sample under ``base`` and under ``drop`` (once, when they are the same mask)."""
@@ -103,6 +234,47 @@ def compare_results(setup: Setup, drop: Sequence[int], config: EvalConfig | None
     first = evaluate(setup, replace(config, drop=base), stage(names[0]))
     second = first if drop == base else evaluate(setup, replace(config, drop=drop), stage(names[1]))
     return ResultComparison(first, second, names)
+
+
+def parse_seeds(raw: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2], with a message naming what is wrong otherwise."""
+    try:
+        seeds = [int(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"seeds are whole numbers separated by commas, e.g. 0,1,2 (got '{raw}')") from None
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise UserError(f"give at least two different seeds, e.g. 0,1,2 (got '{raw}')")
+    return seeds
+
+
+def across_prompt_seeds(setup: Setup, drop: Sequence[int], seeds: Sequence[int], config: EvalConfig | None = None,
+                        base: Sequence[int] = (), progress: StageProgress | None = None) -> pd.DataFrame:
+    """One row per demonstration draw (the prompt's seed): each metric under ``drop``, and its change from ``base``.
+
+    Only few-shot and chat prompts draw demonstrations, so a zero-shot prompt (or no shots) is refused.
+    The same examples are evaluated under every draw, so the spread is the prompt's alone.
+    """
+    if setup.prompt.style == "zero-shot" or setup.prompt.shots == 0:
+        raise UserError("prompt seeds change which demonstrations a few-shot or chat prompt shows; this prompt "
+                        "has none (use the few-shot or chat style with at least one shot)")
+    rows = []
+    for i, seed in enumerate(seeds):
+        def stage(what: str, done: float, total: int, i: int = i, seed: int = seed) -> None:
+            if progress:
+                progress(f"prompt seed {seed} ({i + 1} of {len(seeds)}): {what}", done, total)
+        c = compare_results(replace(setup, prompt=replace(setup.prompt, seed=seed)), drop, config, base, stage)
+        row: dict[str, float] = {"prompt_seed": seed, **{k: getattr(c.other.metrics, k) for k in CALIBRATION}}
+        if not c.same_mask:
+            row.update({f"{k}_change": getattr(c.other.metrics, k) - getattr(c.base.metrics, k) for k in CALIBRATION})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seed_spread(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, standard deviation, lowest and highest of every metric column of `across_prompt_seeds`."""
+    values = table.drop(columns=["prompt_seed"])
+    return pd.DataFrame({"mean": values.mean(), "sd": values.std(ddof=1), "min": values.min(),
+                         "max": values.max()})
 
 
 @dataclass

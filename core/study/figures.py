@@ -28,14 +28,36 @@ def _colour(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+def _rgba(colour: str, alpha: float) -> str:
+    r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
 def reliability_diagram(tables: Mapping[str, Sequence[dict]]) -> go.Figure:
-    """Accuracy per confidence bin for one or more runs, with each bin's example count as bars below."""
+    """Accuracy per confidence bin for one or more runs, with each bin's example count as bars below.
+
+    Rows that carry ``band_lower`` / ``band_upper`` (Bröcker & Smith consistency bands) get a bar on the
+    diagonal at the bin's mean confidence: where a perfectly calibrated model's accuracy would fall in
+    95% of samples of that bin's size. A point outside its bar is miscalibrated beyond noise.
+    """
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06)
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
                              line=dict(dash="dash", color="grey")), row=1, col=1)
     for i, (name, rows) in enumerate(tables.items()):
         used = [r for r in rows if r["count"]]
         colour = _colour(i)
+        banded = [r for r in used if r.get("band_lower") is not None]
+        if banded:
+            mc = np.array([r["mean_confidence"] for r in banded])
+            fig.add_trace(go.Scatter(
+                x=mc, y=mc, mode="markers", marker=dict(size=2, color=_rgba(colour, 0.5)),
+                name=f"{name}: 95% range of a calibrated model", legendgroup=name,
+                error_y=dict(type="data", symmetric=False,
+                             array=np.array([r["band_upper"] for r in banded]) - mc,
+                             arrayminus=mc - np.array([r["band_lower"] for r in banded]),
+                             color=_rgba(colour, 0.45), thickness=6, width=0),
+                hovertemplate="a calibrated model: %{y:.2f} (95% range shown)<extra>" + name + "</extra>",
+            ), row=1, col=1)
         fig.add_trace(go.Scatter(
             x=[r["mean_confidence"] for r in used], y=[r["accuracy"] for r in used], mode="lines+markers",
             name=name, line=dict(color=colour), text=[f"{r['count']} examples" for r in used],
@@ -112,11 +134,31 @@ TRADEOFF_METRICS = ("accuracy", "ece", *FAITHFULNESS)
 """The metrics `tradeoff_curves` draws, one subplot each, in this order (keys of `METRICS`)."""
 
 
+def interval_band(table: pd.DataFrame, x: str, key: str, colour: str) -> go.Scatter | None:
+    """A shaded 95% interval from the sweep columns ``<key>_lo`` / ``<key>_hi`` (None when the table has none)."""
+    lo, hi = f"{key}_lo", f"{key}_hi"
+    if lo not in table or hi not in table:
+        return None
+    rows = table[[x, lo, hi]].dropna().sort_values(x)
+    if rows.empty:
+        return None
+    return go.Scatter(x=[*rows[x], *rows[x][::-1]], y=[*rows[hi], *rows[lo][::-1]], fill="toself", mode="lines",
+                      line=dict(width=0), fillcolor=_rgba(colour, 0.18), hoverinfo="skip",
+                      name=f"{METRICS[key].title}: 95% interval", showlegend=False)
+
+
 def tradeoff_curves(table: pd.DataFrame, x: str = "dropped", current: int | None = None) -> go.Figure:
-    """Accuracy, ECE, comprehensiveness and sufficiency against the number of attention layers dropped."""
+    """Accuracy, ECE, comprehensiveness and sufficiency against the number of attention layers dropped.
+
+    Where the table has the interval columns of a sweep (``<metric>_lo`` / ``_hi``), each curve is drawn
+    in its shaded 95% interval.
+    """
     metrics = [m for m in TRADEOFF_METRICS if m in table and table[m].notna().any()]
     fig = make_subplots(rows=1, cols=max(len(metrics), 1), subplot_titles=[METRICS[m].axis_title() for m in metrics])
     for col, m in enumerate(metrics, start=1):
+        band = interval_band(table, x, m, _colour(col - 1))
+        if band is not None:
+            fig.add_trace(band, row=1, col=col)
         fig.add_trace(go.Scatter(x=table[x], y=table[m], mode="lines+markers", name=METRICS[m].title,
                                  line=dict(color=_colour(col - 1)), showlegend=False), row=1, col=col)
         random_col = f"random_{m}"
@@ -163,6 +205,7 @@ def pareto_scatter(points: pd.DataFrame, faithfulness: str = "comprehensiveness"
     front = pareto_front(acc.oriented(points["accuracy"].to_numpy(dtype=float)).tolist(), faith.oriented(y).tolist())
     fig.add_trace(go.Scatter(
         x=points["accuracy"], y=y, mode="markers", name="masks evaluated",
+        error_x=_error_bars(points, "accuracy"), error_y=_error_bars(points, faithfulness),
         marker=dict(size=9, color=points["dropped"], colorscale="Viridis", showscale=True,
                     colorbar=dict(title="dropped", thickness=12)),
         text=points["mask"],
@@ -176,6 +219,16 @@ def pareto_scatter(points: pd.DataFrame, faithfulness: str = "comprehensiveness"
                                  marker=dict(size=18, symbol="star", color=PRUNED, line=dict(color="black", width=1))))
     fig.update_layout(**LAYOUT, height=420, xaxis_title=acc.axis_title(), yaxis_title=faith.axis_title())
     return fig
+
+
+def _error_bars(points: pd.DataFrame, key: str) -> dict | None:
+    """Plotly error bars from the 95% interval columns ``<key>_lo`` / ``<key>_hi`` (None without them)."""
+    lo, hi = f"{key}_lo", f"{key}_hi"
+    if lo not in points or hi not in points or points[lo].isna().all():
+        return None
+    value = points[key].astype(float)
+    return dict(type="data", symmetric=False, array=(points[hi].astype(float) - value).fillna(0).clip(lower=0),
+                arrayminus=(value - points[lo].astype(float)).fillna(0).clip(lower=0), color="#adb5bd", thickness=1)
 
 
 def importance_bars(scores: Sequence[float], dropped: Sequence[int] = ()) -> go.Figure:

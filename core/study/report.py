@@ -16,16 +16,23 @@ import plotly.graph_objects as go
 
 from ..errors import UserError
 from ..metrics import METRICS
-from .figures import LAYOUT, TRADEOFF_METRICS, tradeoff_curves
+from .figures import LAYOUT, PALETTE, TRADEOFF_METRICS, interval_band, tradeoff_curves
 
 
 def _calibration_repair(table: pd.DataFrame) -> go.Figure:
     ece, scaled = METRICS["ece"], METRICS["ece_temperature_scaled"]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=table["dropped"], y=table["ece"], mode="lines+markers", name=ece.title))
-    if scaled.key in table and table[scaled.key].notna().any():
-        fig.add_trace(go.Scatter(x=table["dropped"], y=table[scaled.key], mode="lines+markers",
-                                 name=f"{scaled.title} (fitted on validation, per mask)"))
+    for i, key in enumerate((ece.key, scaled.key)):
+        if key in table and table[key].notna().any():
+            band = interval_band(table, "dropped", key, PALETTE[i])
+            if band is not None:
+                fig.add_trace(band)
+            name = METRICS[key].title + (" (fitted on validation, per mask)" if i else "")
+            fig.add_trace(go.Scatter(x=table["dropped"], y=table[key], mode="lines+markers",
+                                     line=dict(color=PALETTE[i]), name=name))
+    if "ece_noise_q95" in table and table["ece_noise_q95"].notna().any():
+        fig.add_trace(go.Scatter(x=table["dropped"], y=table["ece_noise_q95"], mode="lines", line=dict(
+            color="grey", dash="dot"), name="ECE a perfectly calibrated model reaches in 95% of samples"))
     fig.update_layout(**LAYOUT, height=340, title="Calibration before and after temperature scaling",
                       xaxis_title="attention layers dropped", yaxis_title=ece.axis_title())
     return fig
@@ -57,6 +64,19 @@ def _glossary(table: pd.DataFrame) -> str:
         for m in METRICS.values() if m.key in table)
     return ("<table class=\"settings\"><tr><th>column</th><th>metric</th><th>better</th><th>range</th>"
             f"<th>meaning</th></tr>{rows}</table>")
+
+
+def _intervals_note(table: pd.DataFrame) -> str:
+    """How to read the shaded bands and the change columns, when the table has them."""
+    if "accuracy_lo" not in table:
+        return "<p>This table has no intervals (written before they existed): rerun the sweep to get them.</p>"
+    n_beyond = int(((table.get("accuracy_change_lo", 0) > 0) | (table.get("accuracy_change_hi", 0) < 0)).sum())
+    return ("<p>Shaded: 95% intervals over the test examples (accuracy: Wilson; the others: bootstrap, 1,000 "
+            "resamples). The <code>_change</code> columns are each mask's difference from the full model on the same "
+            "examples, with a paired 95% interval and p-value: a change is beyond noise only when its interval "
+            f"excludes 0. Accuracy changes beyond noise: {n_beyond} of {len(table)} rows. The dotted line is the "
+            "ECE a perfectly calibrated model with the same confidences reaches in 95% of samples of this size: "
+            "an ECE below it is consistent with perfect calibration.</p>")
 
 
 def check_sweep_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -101,6 +121,7 @@ th {{ background: #f5f5f5; }}
 <p>Each row drops one more attention layer, in the strategy's order. Accuracy and calibration on the
 test sample; comprehensiveness and sufficiency (ERASER AOPC; the random baseline dashed) on its first
 examples. {_directions([m for m in TRADEOFF_METRICS if m in table])}</p>
+{_intervals_note(table)}
 {parts[0]}
 {parts[1]}
 <h2>Table</h2>

@@ -15,20 +15,36 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
+import numpy as np
 import pandas as pd
 
 from ..cache import cache_key
 from ..errors import UserError
 from ..explain.dataset import DatasetExplainer, ExplainConfig, dataset_faithfulness
+from ..metrics import FAITHFULNESS, METRICS
 from ..model.efficiency import compare_latency
 from ..model.pruning import parse_layer_list, validate_mask
 from ..progress import StageProgress
 from ..task.evaluation import EvalConfig, evaluate
 from ..task.setup import Setup
+from ..task.uncertainty import Difference, Interval, mean_interval, paired_mean_difference, resample_counts
+from .compare import paired_stats
 
-COLUMNS = ["dropped", "layers", "accuracy", "ece", "adaptive_ece", "mce", "brier", "nll", "temperature",
-           "ece_temperature_scaled", "comprehensiveness", "sufficiency", "random_comprehensiveness",
-           "random_sufficiency", "seconds", "latency_ms", "latency_full_ms"]
+INTERVALS = ("accuracy", "ece", "smooth_ece", "brier", "nll", "label_mass", "ece_temperature_scaled",
+             "comprehensiveness", "sufficiency")
+"""The metrics whose sweep columns carry a 95% interval and the paired change from the full model."""
+
+
+def interval_columns(key: str) -> list[str]:
+    """``key``'s interval columns: its 95% interval, and its change from the full model with interval and p."""
+    return [f"{key}_lo", f"{key}_hi", f"{key}_change", f"{key}_change_lo", f"{key}_change_hi", f"{key}_change_p"]
+
+
+COLUMNS = ["dropped", "layers", "accuracy", "ece", "adaptive_ece", "smooth_ece", "mce", "brier", "nll", "label_mass",
+           "temperature", "ece_temperature_scaled", "comprehensiveness", "sufficiency", "random_comprehensiveness",
+           "random_sufficiency", "right_to_wrong", "wrong_to_right", "mcnemar_p", "ece_noise_q95",
+           *[c for k in INTERVALS for c in interval_columns(k)],
+           "seconds", "latency_ms", "latency_full_ms"]
 TIMINGS = ("seconds", "latency_ms", "latency_full_ms")
 """Measured afresh on each run, never stored with a point."""
 
@@ -72,28 +88,78 @@ def _context_key(setup: Setup, config: PointConfig) -> str:
 
 def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
                    progress: StageProgress | None = None) -> dict:
-    """One row of `COLUMNS` for mask ``drop``; recorded among the context's points when the setup has a cache."""
+    """One row of `COLUMNS` for mask ``drop``; recorded among the context's points when the setup has a cache.
+
+    Intervals and changes are paired against the full model on the same examples (`paired_stats`), so
+    the full model is evaluated too (from the cache after the first time).
+    """
     start = time.perf_counter()
     drop = validate_mask(drop, setup.lm.num_layers)
     e = replace(config.eval, drop=tuple(sorted(drop)))
     result = evaluate(setup, e, progress=(lambda d, t: progress("scoring", d, t)) if progress else None)
+    full = result if not drop else evaluate(setup, replace(e, drop=()),
+                                            progress=(lambda d, t: progress("full model", d, t)) if progress else None)
+    stats = paired_stats(full, result)
     m, scaled = result.metrics, result.metrics_temperature_scaled
-    row = {"dropped": len(drop), "layers": mask_label(drop), "accuracy": m.accuracy, "ece": m.ece,
-           "adaptive_ece": m.adaptive_ece, "mce": m.mce, "brier": m.brier, "nll": m.nll,
+    row = {"dropped": len(drop), "layers": mask_label(drop), **{k: getattr(m, k) for k in
+           ("accuracy", "ece", "adaptive_ece", "smooth_ece", "mce", "brier", "nll")},
+           "label_mass": stats.other["label_mass"].value if "label_mass" in stats.other else None,
            "temperature": result.temperature, "ece_temperature_scaled": scaled.ece if scaled else None,
            "comprehensiveness": None, "sufficiency": None, "random_comprehensiveness": None,
-           "random_sufficiency": None}
+           "random_sufficiency": None, "right_to_wrong": stats.mcnemar.right_to_wrong,
+           "wrong_to_right": stats.mcnemar.wrong_to_right, "mcnemar_p": stats.mcnemar.p_value,
+           "ece_noise_q95": stats.noise_floor["ece"][1].q95}
+    for key in INTERVALS:
+        side, diff = stats.other.get(key), stats.difference.get(key)
+        if key == "ece_temperature_scaled":
+            side, diff = stats.scaled_other.get("ece"), stats.scaled_difference.get("ece")
+        _put_intervals(row, key, side, diff)
     if config.explain is not None:
-        explainer = DatasetExplainer(setup, drop, config.explain, e.split)
-        faith = dataset_faithfulness(explainer, result.examples[: config.faith_n],
-                                     progress=(lambda d, t: progress("explaining", d, t)) if progress else None)
-        s = faith.summary()
+        faith = [dataset_faithfulness(DatasetExplainer(setup, mask, config.explain, e.split),
+                                      result.examples[: config.faith_n],
+                                      progress=(lambda d, t, s=stage: progress(s, d, t)) if progress else None)
+                 for mask, stage in ([((), "explaining the full model")] if drop else []) + [(drop, "explaining")]]
+        s = faith[-1].summary()
         row.update(comprehensiveness=s["comprehensiveness"], sufficiency=s["sufficiency"],
                    random_comprehensiveness=s["random_baseline_comprehensiveness"],
                    random_sufficiency=s["random_baseline_sufficiency"])
+        base_rows, rows = faith[0].per_example(), faith[-1].per_example()
+        counts = resample_counts(len(rows), seed=0)
+        for key in FAITHFULNESS:
+            values = np.array([r[key] for r in rows])
+            _put_intervals(row, key, mean_interval(values, counts),
+                           paired_mean_difference(np.array([r[key] for r in base_rows]), values, counts))
     row["seconds"] = time.perf_counter() - start
     record_point(setup, config, row)
     return row
+
+
+def readable(table: pd.DataFrame, keys: Sequence[str] = ("accuracy", "ece", "smooth_ece", "comprehensiveness",
+                                                             "sufficiency")) -> pd.DataFrame:
+    """A sweep table for reading: per metric, its value with the 95% interval and its change from the full
+    model with the paired interval and a verdict (rows without intervals, e.g. older points, show the value)."""
+    out = table[["dropped", "layers"]].copy()
+    for key in keys:
+        if key not in table or table[key].isna().all():
+            continue
+        m = METRICS[key]
+        lo, hi, ch, clo, chi, p = interval_columns(key)
+        has = {c: c in table for c in (lo, ch)}
+        out[m.title] = [
+            f"{r[key]:.3f}" + (f" [{r[lo]:.3f}, {r[hi]:.3f}]" if has[lo] and pd.notna(r[lo]) else "")
+            if pd.notna(r[key]) else "" for _, r in table.iterrows()]
+        if has[ch]:
+            out[f"{m.title}: change from full"] = [
+                f"{r[ch]:+.3f} [{r[clo]:+.3f}, {r[chi]:+.3f}] "
+                f"{m.verdict(r[ch], r[clo] > 0 or r[chi] < 0, r[p])}" if pd.notna(r[ch]) else ""
+                for _, r in table.iterrows()]
+    return out
+
+
+def _put_intervals(row: dict, key: str, side: Interval | None, diff: Difference | None) -> None:
+    values = [None] * 6 if side is None or diff is None else [side.lo, side.hi, diff.value, diff.lo, diff.hi,
+                                                                diff.p_value]
+    row.update(zip(interval_columns(key), values, strict=True))
 
 
 def record_point(setup: Setup, config: PointConfig, row: dict) -> None:

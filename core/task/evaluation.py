@@ -23,6 +23,20 @@ from .data import Example
 from .head import AnswerInput
 from .scoring import Scores, score_examples
 from .setup import Setup
+from .uncertainty import (
+    N_RESAMPLES,
+    Interval,
+    NoiseFloor,
+    banded_reliability_table,
+    calibration_intervals,
+    mean_interval,
+    noise_floor,
+    resample_counts,
+    wilson,
+)
+
+SMALL_SAMPLE = 30
+"""Below this many examples an evaluation warns how wide its accuracy interval is."""
 
 
 @dataclass(frozen=True)
@@ -89,8 +103,19 @@ class EvalResult:
             df[f"p_{name}"] = probs[:, k]
         return df
 
+    def intervals(self, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, Interval]:
+        """Every metric with its 95% interval (`core.task.uncertainty`), the label mass's included when known."""
+        out = calibration_intervals(self.probs, self.labels, self.metrics.n_bins, n_resamples, seed)
+        if self.label_mass is not None:
+            out["label_mass"] = mean_interval(self.label_mass, resample_counts(self.n, n_resamples, seed))
+        return out
+
+    def noise_floor(self, seed: int = 0) -> dict[str, NoiseFloor]:
+        """What a perfectly calibrated model with these confidences would show at this n (binned and smooth ECE)."""
+        return noise_floor(self.probs, self.labels, self.metrics.n_bins, seed=seed)
+
     def summary(self) -> dict:
-        """The JSON the CLI writes: metrics at the top level, then the details."""
+        """The JSON the CLI writes: metrics at the top level, then their intervals, then the details."""
         out = {
             "model": self.model,
             "dataset": self.dataset,
@@ -99,6 +124,9 @@ class EvalResult:
             "dropped_attention_layers": self.dropped_attention_layers,
             "all_attention_dropped": self.all_attention_dropped,
             **{k: v for k, v in self.metrics.as_dict().items()},
+            "label_mass": float(self.label_mass.mean()) if self.label_mass is not None and self.n else None,
+            "intervals": {k: v.as_dict() for k, v in self.intervals().items()},
+            "noise_floor": {k: v.as_dict() for k, v in self.noise_floor().items()},
             "temperature": self.temperature,
             "temperature_scaled": self.metrics_temperature_scaled.as_dict()
             if self.metrics_temperature_scaled else None,
@@ -188,6 +216,10 @@ def evaluate(setup: Setup, config: EvalConfig = EvalConfig(), progress: Progress
         scaled = cal.report(cal.softmax(logits, temperature), labels, config.n_bins)
     if progress:
         progress(total, total)
+    if 0 < len(examples) < SMALL_SAMPLE:
+        lo, hi = wilson(int((probs.argmax(axis=1) == labels).sum()), len(examples))
+        warnings.append(f"only {len(examples)} examples: accuracy's 95% interval runs from {lo:.2f} to {hi:.2f} "
+                        f"({hi - lo:.2f} wide); differences smaller than that are noise")
     return EvalResult(
         model=lm.name,
         dataset=dataset.name,
@@ -197,7 +229,7 @@ def evaluate(setup: Setup, config: EvalConfig = EvalConfig(), progress: Progress
         all_attention_dropped=len(drop) == lm.num_layers,
         label_names=list(dataset.label_names),
         metrics=cal.report(probs, labels, config.n_bins),
-        reliability=cal.reliability_table(probs, labels, config.n_bins),
+        reliability=banded_reliability_table(probs, labels, config.n_bins),
         temperature=temperature,
         metrics_temperature_scaled=scaled,
         examples=list(examples),

@@ -101,3 +101,67 @@ def test_a_sampling_explainer_runs_once_per_seed_and_reads_against_its_seed_nois
     assert once.seeds == 1 and once.spread() is None and once.noise_verdict() is None
     with pytest.raises(UserError, match="at least 1"):
         compare_explanations(setup, (2,), example, config, seeds=0)
+
+
+def test_a_mask_compared_with_itself_differs_by_exactly_zero(tmp_path) -> None:
+    c = compare_results(_setup(ResultCache(tmp_path)), (), EvalConfig(n=12, val_n=6))
+    s = c.stats()
+    assert set(s.difference) >= {"accuracy", "ece", "adaptive_ece", "smooth_ece", "brier", "nll", "label_mass"}
+    for d in [*s.difference.values(), *s.scaled_difference.values()]:
+        assert (d.value, d.lo, d.hi, d.p_value, d.beyond_noise) == (0.0, 0.0, 0.0, 1.0, False)
+    assert (s.mcnemar.right_to_wrong, s.mcnemar.wrong_to_right, s.mcnemar.p_value) == (0, 0, 1.0)
+    assert s.verdict("ece") == "within noise (p = 1)"
+
+
+def test_paired_stats_of_two_masks(tmp_path) -> None:
+    from core.task import calibration as cal
+    from core.task.uncertainty import wilson
+
+    setup = _setup(ResultCache(tmp_path))
+    c = compare_results(setup, (0, 2), EvalConfig(n=12, val_n=6))
+    s = c.stats()
+    assert s is c.stats(), "computed once per resampling setting"
+    full, pruned = c.base, c.other
+    for key in ("accuracy", "ece", "brier", "nll", "smooth_ece"):
+        assert s.base[key].value == pytest.approx(getattr(full.metrics, key))
+        assert s.difference[key].value == pytest.approx(getattr(pruned.metrics, key) - getattr(full.metrics, key))
+        assert s.difference[key].lo <= s.difference[key].hi
+    k = int((full.probs.argmax(1) == full.labels).sum())
+    assert (s.base["accuracy"].lo, s.base["accuracy"].hi) == pytest.approx(wilson(k, full.n))
+    assert s.other["label_mass"].value == pytest.approx(pruned.label_mass.mean())
+    assert s.scaled_other["ece"].value == pytest.approx(
+        cal.ece(cal.softmax(pruned.logits, pruned.temperature), pruned.labels))
+    out = s.as_json()
+    assert out["n"] == full.n and set(out) >= {"full", "pruned", "difference", "mcnemar", "noise_floor", "label_mass",
+                                          "temperature_scaled"}
+    assert set(out["full"]["accuracy"]) == {"value", "ci"} and len(out["difference"]["ece"]["ci"]) == 2
+    assert "p_value" in out["difference"]["ece"] and set(out["mcnemar"]) >= {"right_to_wrong", "wrong_to_right",
+                                                                             "p_value"}
+    flips = (full.probs.argmax(1) == full.labels) & (pruned.probs.argmax(1) != pruned.labels)
+    assert out["mcnemar"]["right_to_wrong"] == int(flips.sum())
+    table = s.table()
+    assert {"difference 95% CI", "p", "verdict"} <= set(table.columns)
+    preds = c.predictions()
+    assert {"correct_full", "correct_pruned", "confidence_full", "confidence_pruned", "label_mass_pruned",
+            "flipped"} <= set(preds.columns) and len(preds) == full.n
+    assert s.examples_needed("ece", 0.02) >= 1
+    assert c.stats(1000, 1).difference["ece"] != s.difference["ece"] or s.difference["ece"].lo == s.difference["ece"].hi
+
+
+def test_prompt_seeds_give_one_row_per_draw_and_refuse_a_prompt_without_demonstrations(tmp_path) -> None:
+    from core.study.compare import across_prompt_seeds, parse_seeds, seed_spread
+
+    few = Setup(tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny"), PromptConfig(style="few-shot"),
+                cache=ResultCache(tmp_path))
+    table = across_prompt_seeds(few, (1,), [0, 1, 2], EvalConfig(n=8, val_n=0))
+    assert list(table["prompt_seed"]) == [0, 1, 2] and "ece_change" in table
+    one = evaluate(Setup(few.lm, few.ds, PromptConfig(style="few-shot", seed=2)), EvalConfig(n=8, val_n=0, drop=(1,)))
+    assert table.loc[2, "accuracy"] == pytest.approx(one.metrics.accuracy)
+    spread = seed_spread(table)
+    assert spread.loc["accuracy", "min"] <= spread.loc["accuracy", "mean"] <= spread.loc["accuracy", "max"]
+    with pytest.raises(UserError, match="demonstrations"):
+        across_prompt_seeds(_setup(), (1,), [0, 1])
+    assert parse_seeds("0, 1,2") == [0, 1, 2]
+    for bad in ("0", "a,b", "1,1"):
+        with pytest.raises(UserError):
+            parse_seeds(bad)

@@ -67,7 +67,7 @@ def test_fixed_orders_and_block_influence() -> None:
 def test_greedy_divergence_picks_what_one_step_of_brute_force_picks(tmp_path) -> None:
     lm, ds = _setup()
     cache = ResultCache(tmp_path)
-    config = StrategyConfig("greedy-divergence", calibration_n=6, steps=1)
+    config = StrategyConfig("greedy-divergence", calibration_n=6, steps=1, beyond_noise=False)
     order = layer_order(Setup(lm, ds, PROMPT, cache=cache), config)
     builder = PromptBuilder(lm.tokenizer, ds, PROMPT, lm.has_chat_template, lm.max_positions)
     examples, _ = ds.sample("validation", 6, seed=0)
@@ -81,7 +81,8 @@ def test_greedy_divergence_picks_what_one_step_of_brute_force_picks(tmp_path) ->
 def test_trust_greedy_picks_what_one_step_of_brute_force_picks(tmp_path) -> None:
     lm, ds = _setup()
     cache = ResultCache(tmp_path)
-    config = StrategyConfig("trust-greedy", calibration_n=6, steps=1, faith_n=2, weights=(1.0, 0.5, 2.0))
+    config = StrategyConfig("trust-greedy", calibration_n=6, steps=1, faith_n=2, weights=(1.0, 0.5, 2.0),
+                            beyond_noise=False)
     setup = Setup(lm, ds, PROMPT, cache=cache)
     order = layer_order(setup, config)
     from core.study.strategies import _Judge
@@ -94,6 +95,28 @@ def test_greedy_order_with_a_known_cost_and_a_candidate_pool() -> None:
     cost = {(): 0, (0,): 5, (1,): 1, (2,): 3, (1, 0): 2, (1, 2): 4}
     assert greedy_order(lambda m: cost[tuple(m)], [0, 1, 2], steps=2) == [1, 0, 2]
     assert greedy_order(lambda m: cost[tuple(m)], [0, 2, 1], steps=1, candidates=2) == [2, 0, 1]
+
+
+def test_greedy_order_leaves_the_fallback_order_only_beyond_noise() -> None:
+    cost = {(0,): 5, (1,): 1, (2,): 3, (0, 1): 2, (0, 2): 4, (1, 0): 2, (1, 2): 4}
+    never = lambda mask, default: False  # noqa: E731 - every difference within noise
+    always = lambda mask, default: True  # noqa: E731
+    assert greedy_order(lambda m: cost[tuple(m)], [0, 1, 2], steps=2, beats=never) == [0, 1, 2]
+    assert greedy_order(lambda m: cost[tuple(m)], [0, 1, 2], steps=2, beats=always) == [1, 0, 2]
+    asked: list[tuple] = []
+    greedy_order(lambda m: cost[tuple(m)], [0, 1, 2], steps=1, beats=lambda m, d: asked.append((m, d)) or True)
+    assert asked == [([1], [0])], "the cheapest is tested against the fallback's next layer"
+
+
+def test_the_judge_sees_no_difference_between_a_mask_and_itself(tmp_path) -> None:
+    from core.study.strategies import _Judge
+
+    lm, ds = _setup()
+    for name in ("greedy-divergence", "trust-greedy"):
+        judge = _Judge(Setup(lm, ds, PROMPT, cache=ResultCache(tmp_path)),
+                       StrategyConfig(name, calibration_n=6, faith_n=2))
+        assert not judge.beats([1], [1])
+        assert judge.counts.shape == (1000, 6)
 
 
 def test_bad_strategy_settings_are_named() -> None:

@@ -1,0 +1,101 @@
+"""``compare``: two masks on the same examples, every metric with its 95% interval and the paired difference."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from .common import (
+    Bar,
+    add_data_args,
+    add_mask_args,
+    add_model_args,
+    add_prompt_args,
+    build_setup,
+    mask,
+    write_json,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..study.compare import PairedStats, ResultComparison
+    from .common import Subparsers
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = sub.add_parser("compare", help="the full model against a mask on the same examples, with intervals and "
+                                       "a verdict per metric (beyond noise or not)")
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--n", type=int, default=200, help="examples of the split to evaluate (default 200)")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    add_mask_args(p)
+    add_prompt_args(p)
+    p.add_argument("--bins", type=int, default=15, help="equal-width bins for ECE (default 15)")
+    p.add_argument("--val-n", type=int, default=100, help="validation examples for temperature scaling (0: off)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="bootstrap resamples for the intervals (default 1000; --seed seeds them too)")
+    p.add_argument("--prompt-seeds", default=None, metavar="S,S,..",
+                   help="also evaluate under these demonstration draws (few-shot) and report the spread")
+    p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the result cache")
+    p.add_argument("--json", metavar="PATH|-", help="write the comparison as JSON ('-' for stdout)")
+    p.add_argument("--predictions", metavar="PATH.csv", help="write one row per example with both models' columns")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from ..errors import UserError
+    from ..study.compare import across_prompt_seeds, compare_results, parse_seeds, seed_spread
+    from ..task.evaluation import EvalConfig
+
+    if args.bootstrap < 1000:
+        raise UserError(f"--bootstrap must be at least 1000 resamples for stable 95% intervals (got {args.bootstrap})")
+    seeds = parse_seeds(args.prompt_seeds) if args.prompt_seeds is not None else None
+    setup = build_setup(args)
+    drop = mask(args, setup)
+    config = EvalConfig(n=args.n, split=args.split, seed=args.seed, n_bins=args.bins, val_n=args.val_n)
+    with Bar("scoring") as bar:
+        c = compare_results(setup, drop, config, names=("full model", "pruned"), progress=bar.stage)
+    for w in dict.fromkeys(c.base.warnings + c.other.warnings):
+        print(f"warning: {w}", file=sys.stderr)
+    stats = c.stats(args.bootstrap, args.seed)
+    out = stats.as_json()
+    out.update(model=c.base.model, dataset=c.base.dataset, split=args.split, dropped_attention_layers=drop)
+    spread = None
+    if seeds is not None:
+        with Bar("prompt seeds") as bar:
+            table = across_prompt_seeds(setup, drop, seeds, config, progress=bar.stage)
+        spread = seed_spread(table)
+        out["prompt_seeds"] = {"seeds": seeds, "per_seed": table.to_dict(orient="records"),
+                               "spread": spread.to_dict(orient="index")}
+    if args.predictions:
+        c.predictions().to_csv(args.predictions, index=False)
+    if args.json:
+        write_json(out, args.json)
+    if args.json != "-":
+        _print(c, stats, spread)
+
+
+def _print(c: ResultComparison, stats: PairedStats, spread: pd.DataFrame | None) -> None:
+    import pandas as pd
+
+    print(f"{c.base.model} on {c.base.dataset} ({c.base.split}, n={stats.n}): the full model against "
+          f"attention dropped at {c.other.dropped_attention_layers or 'none'}")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(stats.table(("full", "pruned")).round(4).to_string())
+    m = stats.mcnemar
+    print(f"flips: {m.right_to_wrong} right -> wrong, {m.wrong_to_right} wrong -> right "
+          f"(exact McNemar p = {m.p_value:.3g})")
+    for key, (a, b) in stats.noise_floor.items():
+        print(f"{key}: a perfectly calibrated model with these confidences shows up to {a.q95:.3f} (full) / "
+              f"{b.q95:.3f} (pruned) at n={stats.n} (95th percentile); full is "
+              f"{'consistent' if a.consistent else 'not consistent'} with perfect calibration, pruned "
+              f"{'is' if b.consistent else 'is not'}")
+    if "ece" in stats.difference:
+        print(f"to resolve a 0.02 change in ECE, evaluate about {stats.examples_needed('ece', 0.02)} examples")
+    if spread is not None:
+        print("across prompt seeds (demonstration draws):")
+        print(spread.round(4).to_string())
+    print(f"intervals: 95%, {stats.n_resamples} paired bootstrap resamples (seed {stats.seed}); accuracy: Wilson")
