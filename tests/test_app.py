@@ -45,15 +45,26 @@ def test_every_page_renders_without_an_exception(app: AppTest) -> None:
         assert app.main.get("plotly_chart") or page.endswith("tradeoffs.py"), page
 
 
+def _captions(at: AppTest) -> str:
+    return " ".join(c.value for c in at.caption)
+
+
 def test_toggling_a_layer_changes_the_metrics_and_the_url(app: AppTest) -> None:
     before = _metrics(app)
+    assert "95% CI" in _captions(app) and "perfect calibration" in " ".join(m.value for m in app.markdown)
     app.toggle(key="keep_26").set_value(False).run()
     app.toggle(key="keep_25").set_value(False).run()
     assert not app.exception
     after = _metrics(app)
     assert after["attention layers kept"] == "28 / 30"
-    assert (after["accuracy"], after["ECE"], after["Brier"]) != (before["accuracy"], before["ECE"], before["Brier"])
+    tiles = ("accuracy", "ECE", "Brier score")
+    assert [after[k] for k in tiles] != [before[k] for k in tiles]
     assert app.query_params["drop"] == ["25,26"] or app.query_params["drop"] == "25,26"
+    # every change carries its paired interval and a verdict, in the tiles, the table and the summary line
+    assert "change [" in _captions(app) and "noise" in _captions(app)
+    verdicts = [t.value for t in app.main.dataframe if "verdict" in t.value]
+    assert verdicts and set(verdicts[0]["verdict"]) <= {"within noise", "better, beyond noise", "worse, beyond noise"}
+    assert any("McNemar" in m.value for m in app.markdown)
     app.button(key="drop_k_button").click().run()  # k = 4 by default
     assert _metrics(app)["attention layers kept"] == "26 / 30"
     app.button(key="reset_button").click().run()
@@ -123,7 +134,8 @@ def test_the_encoder_classifier_runs_every_page_with_its_head_and_refit(module_r
     at.toggle(key="refit_head").set_value(True).run()
     assert not at.exception and not _errors(at), _errors(at)
     refit = _metrics(at)
-    assert (refit["accuracy"], refit["ECE"], refit["Brier"]) != (frozen["accuracy"], frozen["ECE"], frozen["Brier"])
+    tiles = ("accuracy", "ECE", "Brier score")
+    assert [refit[k] for k in tiles] != [frozen[k] for k in tiles]
     for page in PAGES[1:]:
         at.switch_page(page).run()
         assert not at.exception, (page, at.exception)

@@ -34,6 +34,7 @@ Every interval is 95% and every resampling is seeded, so the same inputs give th
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -230,15 +231,37 @@ def _adaptive(weights: np.ndarray, residual: np.ndarray, order: np.ndarray, n_bi
     return np.abs(np.diff(at, axis=1)).sum(axis=1) / total
 
 
+_SIGMA_STEP = 1.2  # ratio between neighbouring bandwidths of the lattice
+_SIGMAS = 1e-3 * _SIGMA_STEP ** np.arange(int(np.log(1000) / np.log(_SIGMA_STEP)) + 2)
+"""Every bandwidth the vectorised smooth ECE may use: a fixed lattice, so kernels are built once."""
+
+
+@functools.lru_cache(maxsize=256)
+def _kernel(points: int, j: int) -> np.ndarray:
+    """[points, points] reflected Gaussian kernel of bandwidth ``_SIGMAS[j]`` on a grid over [0, 1]."""
+    sigma = _SIGMAS[j]
+    target, source = np.arange(points)[:, None], np.arange(points)[None, :]
+    half, last = (points - 1) / 2, points - 1
+    # a source's images as relplot's reflected convolution sees them: itself, mirrored at 0, mirrored at 1
+    images = ((target - source, True), (target + source, source > 0), (2 * last - target - source, source < last))
+    kernel = sum(np.where((np.abs(d) <= half) & ok, np.exp(-(d / last) ** 2 / (2 * sigma**2)), 0.0)
+                 for d, ok in images) / (np.sqrt(2 * np.pi) * sigma)
+    kernel.flags.writeable = False
+    return kernel
+
+
 def _smooth_many(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.ndarray, centre: float
                  ) -> np.ndarray:
     """Smooth ECE of many weightings of one set of confidences at once (see the module notes).
 
     ``weights`` [R, n] are each row's example weights and ``weighted_residual`` [R, n] each row's
-    weight times (confidence - correct). Bandwidths run geometrically from ``centre / 4`` to
-    ``centre * 4``; each row's fixed point sigma = smECE(sigma) is interpolated between them.
+    weight times (confidence - correct). The bandwidths are 16 neighbours on a fixed geometric
+    lattice (ratio 1.2) around ``centre`` (about a quarter to four times it); each row's fixed point
+    sigma = smECE(sigma) is interpolated between them.
     """
-    sigmas = np.geomspace(max(centre / 4, 1e-3), min(max(centre * 4, 4e-3), 1.0), 16)
+    middle = int(np.clip(np.searchsorted(_SIGMAS, centre), 8, len(_SIGMAS) - 8))
+    index = range(middle - 8, middle + 8)
+    sigmas = _SIGMAS[middle - 8: middle + 8]
     points = int(np.clip(math.ceil(2.5 / sigmas[0]) + 1, 128, 512))
     left = np.clip((conf * (points - 1)).astype(int), 0, points - 2)
     frac = conf * (points - 1) - left
@@ -246,14 +269,9 @@ def _smooth_many(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.nd
     spread[np.arange(len(conf)), left] = 1 - frac
     spread[np.arange(len(conf)), left + 1] += frac
     residual, density = weighted_residual @ spread, weights @ spread
-    target, source = np.arange(points)[:, None], np.arange(points)[None, :]
-    half, last = (points - 1) / 2, points - 1
-    # a source's images as relplot's reflected convolution sees them: itself, mirrored at 0, mirrored at 1
-    images = ((target - source, True), (target + source, source > 0), (2 * last - target - source, source < last))
     gaps = []
-    for sigma in sigmas:
-        kernel = sum(np.where((np.abs(d) <= half) & ok, np.exp(-(d / last) ** 2 / (2 * sigma**2)), 0.0)
-                     for d, ok in images) / (np.sqrt(2 * np.pi) * sigma)
+    for j, sigma in zip(index, sigmas, strict=True):
+        kernel = _kernel(points, j)
         num = np.abs(residual @ kernel.T).sum(axis=1)
         den = (density @ kernel.T).sum(axis=1) + points * 1e-4
         gaps.append(num / den - sigma)
@@ -272,8 +290,11 @@ def _smooth_many(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.nd
 
 
 def calibration_draws(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, n_bins: int = cal.DEFAULT_BINS,
-                      keys: Sequence[str] = KEYS) -> dict[str, np.ndarray]:
-    """Each metric of ``keys`` on every resample (a row of ``counts``), vectorised."""
+                      keys: Sequence[str] = KEYS, smooth_ece: float | None = None) -> dict[str, np.ndarray]:
+    """Each metric of ``keys`` on every resample (a row of ``counts``), vectorised.
+
+    ``smooth_ece`` is the sample's own smooth ECE when the caller has it (it centres the bandwidths).
+    """
     probs, labels = _inputs(probs, labels)
     w = _check_counts(counts, len(labels))
     n = float(len(labels))
@@ -292,7 +313,8 @@ def calibration_draws(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray,
     if "adaptive_ece" in keys:
         out["adaptive_ece"] = _adaptive(w, residual, np.argsort(conf, kind="stable"), n_bins)
     if "smooth_ece" in keys:
-        out["smooth_ece"] = _smooth_many(conf, w, w * -residual, cal.smooth_ece(probs, labels))
+        centre = cal.smooth_ece(probs, labels) if smooth_ece is None else smooth_ece
+        out["smooth_ece"] = _smooth_many(conf, w, w * -residual, centre)
     return {k: out[k] for k in keys}
 
 
@@ -301,7 +323,8 @@ def calibration_intervals(probs: np.ndarray, labels: np.ndarray, n_bins: int = c
     """Every metric of one evaluation with its 95% interval (accuracy: Wilson; the rest: percentile bootstrap)."""
     probs, labels = _inputs(probs, labels)
     values = cal.report(probs, labels, n_bins).as_dict()
-    draws = calibration_draws(probs, labels, resample_counts(len(labels), n_resamples, seed), n_bins)
+    draws = calibration_draws(probs, labels, resample_counts(len(labels), n_resamples, seed), n_bins,
+                              smooth_ece=values["smooth_ece"])
     out = {k: Interval(float(values[k]), *_percentile(d)) for k, d in draws.items()}
     k = int((probs.argmax(axis=1) == labels).sum())
     out["accuracy"] = Interval(float(values["accuracy"]), *wilson(k, len(labels)))
@@ -320,7 +343,7 @@ def paired_differences(probs_base: np.ndarray, probs_other: np.ndarray, labels: 
     sides = []
     for probs in (probs_base, probs_other):
         values = cal.report(probs, labels, n_bins).as_dict()
-        draws = calibration_draws(probs, labels, counts, n_bins)
+        draws = calibration_draws(probs, labels, counts, n_bins, smooth_ece=values["smooth_ece"])
         intervals = {k: Interval(float(values[k]), *_percentile(d)) for k, d in draws.items()}
         k = int((probs.argmax(axis=1) == labels).sum())
         intervals["accuracy"] = Interval(float(values["accuracy"]), *wilson(k, len(labels)))
