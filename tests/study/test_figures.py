@@ -56,3 +56,22 @@ def test_curves_carry_their_values() -> None:
     assert list(importance_bars([0.3, 0.1], [1]).data[0].marker.color)[1] != list(
         importance_bars([0.3, 0.1], [1]).data[0].marker.color)[0]
     assert len(confidence_histogram({"a": np.array([0.6, 0.9])}).data) == 1
+
+
+def test_intervals_become_bands_and_error_bars() -> None:
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    from core.task.uncertainty import banded_reliability_table
+
+    fig = reliability_diagram({"full": banded_reliability_table(probs, np.array([0, 1, 1, 1]), n_bins=5)})
+    band = next(t for t in fig.data if "calibrated model" in t.name)
+    assert band.error_y.array is not None and all(v >= 0 for v in band.error_y.array)
+    table = pd.DataFrame({"dropped": [0, 1], "accuracy": [0.8, 0.82], "accuracy_lo": [0.7, 0.72],
+                          "accuracy_hi": [0.88, 0.9], "ece": [0.1, 0.2]})
+    traces = tradeoff_curves(table).data
+    shaded = [t for t in traces if t.fill == "toself"]
+    assert len(shaded) == 1 and list(shaded[0].y) == [0.88, 0.9, 0.72, 0.7]
+    points = pd.DataFrame({"mask": ["none", "1"], "dropped": [0, 1], "accuracy": [0.9, 0.8], "accuracy_lo": [0.85, 0.7],
+                           "accuracy_hi": [0.95, 0.86], "comprehensiveness": [0.2, 0.1]})
+    scatter = pareto_scatter(points).data[0]
+    assert list(scatter.error_x.array) == [0.05, 0.06] or np.allclose(scatter.error_x.array, [0.05, 0.06])
+    assert scatter.error_y is None or scatter.error_y.array is None

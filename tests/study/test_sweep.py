@@ -85,3 +85,32 @@ def test_an_interrupted_sweep_recomputes_nothing_it_had_finished(tmp_path, monke
     scored.clear()
     table = sweep(setup, [2, 0, 3, 1], 3, _config(explain=False), latency=False)
     assert len(table) == 4 and not finished & set(scored)  # the finished masks came from the cache
+
+
+def test_each_row_carries_intervals_and_its_paired_change_from_the_full_model(tmp_path) -> None:
+    from core.study.compare import compare_results
+    from core.study.sweep import INTERVALS, interval_columns, readable
+
+    setup = _setup(ResultCache(tmp_path))
+    table = sweep(setup, [2, 0, 3, 1], 2, _config(), latency=False)
+    for key in INTERVALS:
+        lo, hi, change, change_lo, change_hi, p = interval_columns(key)
+        assert table[[lo, hi, change, change_lo, change_hi, p]].notna().all().all(), key
+        assert (table[lo] <= table[key] + 1e-12).all() or key == "ece", key
+        first = table.iloc[0]
+        assert (first[change], first[change_lo], first[change_hi], first[p]) == (0, 0, 0, 1), key
+    stats = compare_results(setup, (0, 2), EvalConfig(n=6, val_n=4)).stats()
+    last = table.iloc[2]
+    assert last["ece_change"] == stats.difference["ece"].value
+    assert (last["ece_change_lo"], last["ece_change_hi"]) == (stats.difference["ece"].lo, stats.difference["ece"].hi)
+    assert last["ece_temperature_scaled_lo"] == stats.scaled_other["ece"].lo
+    assert (last["right_to_wrong"], last["wrong_to_right"]) == (stats.mcnemar.right_to_wrong,
+                                                                stats.mcnemar.wrong_to_right)
+    shown = readable(table)
+    assert list(shown.columns[:2]) == ["dropped", "layers"] and "accuracy: change from full" in shown
+    assert "noise" in shown["ECE: change from full"].iloc[2] and "[" in shown["accuracy"].iloc[1]
+    from core.study.report import render
+
+    page = render(table, {})
+    assert "excludes 0" in page and "Accuracy changes beyond noise" in page and '"toself"' in page
+    assert "rerun the sweep" in render(table[["dropped", "layers", "accuracy", "ece"]], {})
