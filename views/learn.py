@@ -89,15 +89,18 @@ with ui.guard("the Learn page"):
         f"| comprehensiveness (this example) | {f_full.comprehensiveness:.3f} | {f_pruned.comprehensiveness:.3f} |\n"
         f"| sufficiency (this example) | {f_full.sufficiency:.3f} | {f_pruned.sufficiency:.3f} |\n")
     spearman = "n/a" if g is None or g.spearman is None else f"{g.spearman:.2f}"
+    s = results.stats()
+    acc, ece = s.difference["accuracy"], s.difference["ece"]
     st.markdown(
-        f"Accuracy moved by {pm.accuracy - fm.accuracy:+.3f}, ECE by {pm.ece - fm.ece:+.3f}. The explanation of the "
-        f"example changed too: the rank correlation of the word scores between the two models is {spearman}.")
+        f"Accuracy moved by {acc.value:+.3f} ({METRICS['accuracy'].verdict(acc.value, acc.beyond_noise)}), ECE by "
+        f"{ece.value:+.3f} ({METRICS['ece'].verdict(ece.value, ece.beyond_noise)}); the next step says what that "
+        f"means. The explanation of the example changed too: the rank correlation of the word scores between the "
+        f"two models is {spearman} (two runs of a sampling explainer such as LIME on the same model agree only at "
+        "about 0.7-0.8, so read it against that).")
     both = {"full model": (a_full.names, a_full.scores), f"{k} dropped": (a_pruned.names, a_pruned.scores)}
     ui.chart(token_heatmap(both), "learn-heatmap-both", ctx)
 
     st.header("5. Is the difference real, or noise?")
-    s = results.stats()
-    acc, ece = s.difference["accuracy"], s.difference["ece"]
     floor = s.noise_floor["ece"][0]
     st.markdown(
         f"These numbers come from {s.n} examples. Another {s.n} would give slightly different ones, so two numbers "

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..study.compare import PairedStats, ResultComparison
+    from ..task.uncertainty import NoiseFloor
     from .common import Subparsers
 
 
@@ -32,6 +33,9 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--n", type=int, default=200, help="examples of the split to evaluate (default 200)")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     add_mask_args(p)
+    p.add_argument("--base-attn", default="", metavar="L,..",
+                   help="the mask to compare against (default: none dropped, the full model; the JSON then says "
+                        "'base' where it says 'full')")
     add_prompt_args(p)
     p.add_argument("--bins", type=int, default=15, help="equal-width bins for ECE (default 15)")
     p.add_argument("--val-n", type=int, default=100, help="validation examples for temperature scaling (0: off)")
@@ -47,6 +51,7 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..errors import UserError
+    from ..model.pruning import parse_layer_list, validate_mask
     from ..study.compare import across_prompt_seeds, compare_results, parse_seeds, seed_spread
     from ..task.evaluation import EvalConfig
 
@@ -55,14 +60,16 @@ def run(args: argparse.Namespace) -> None:
     seeds = parse_seeds(args.prompt_seeds) if args.prompt_seeds is not None else None
     setup = build_setup(args)
     drop = mask(args, setup)
+    base = sorted(validate_mask(parse_layer_list(args.base_attn), setup.lm.num_layers))
     config = EvalConfig(n=args.n, split=args.split, seed=args.seed, n_bins=args.bins, val_n=args.val_n)
     with Bar("scoring") as bar:
-        c = compare_results(setup, drop, config, names=("full model", "pruned"), progress=bar.stage)
+        c = compare_results(setup, drop, config, base, names=("full model", "pruned"), progress=bar.stage)
     for w in dict.fromkeys(c.base.warnings + c.other.warnings):
         print(f"warning: {w}", file=sys.stderr)
     stats = c.stats(args.bootstrap, args.seed)
-    out = stats.as_json()
-    out.update(model=c.base.model, dataset=c.base.dataset, split=args.split, dropped_attention_layers=drop)
+    out = stats.as_json(("full", "pruned") if not base else ("base", "pruned"))
+    out.update(model=c.base.model, dataset=c.base.dataset, split=args.split, dropped_attention_layers=drop,
+               base_dropped_attention_layers=base)
     spread = None
     if seeds is not None:
         with Bar("prompt seeds") as bar:
@@ -81,18 +88,24 @@ def run(args: argparse.Namespace) -> None:
 def _print(c: ResultComparison, stats: PairedStats, spread: pd.DataFrame | None) -> None:
     import pandas as pd
 
-    print(f"{c.base.model} on {c.base.dataset} ({c.base.split}, n={stats.n}): the full model against "
-          f"attention dropped at {c.other.dropped_attention_layers or 'none'}")
+    from ..metrics import METRICS
+
+    base = c.base.dropped_attention_layers
+    print(f"{c.base.model} on {c.base.dataset} ({c.base.split}, n={stats.n}): "
+          f"{'the full model' if not base else f'attention dropped at {base}'} against attention dropped at "
+          f"{c.other.dropped_attention_layers or 'none'}")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(stats.table(("full", "pruned")).round(4).to_string())
+        print(stats.table(("full" if not base else "base", "pruned")).round(4).to_string())
     m = stats.mcnemar
     print(f"flips: {m.right_to_wrong} right -> wrong, {m.wrong_to_right} wrong -> right "
           f"(exact McNemar p = {m.p_value:.3g})")
+    first = "full" if not base else "base"
     for key, (a, b) in stats.noise_floor.items():
-        print(f"{key}: a perfectly calibrated model with these confidences shows up to {a.q95:.3f} (full) / "
-              f"{b.q95:.3f} (pruned) at n={stats.n} (95th percentile); full is "
-              f"{'consistent' if a.consistent else 'not consistent'} with perfect calibration, pruned "
-              f"{'is' if b.consistent else 'is not'}")
+        def verdict(f: NoiseFloor) -> str:
+            return "consistent with perfect calibration" if f.consistent else "miscalibrated beyond noise"
+        print(f"{METRICS[key].title}: {first} {a.observed:.3f} ({verdict(a)}), pruned {b.observed:.3f} "
+              f"({verdict(b)}); a perfectly calibrated model with these confidences reaches {a.q95:.3f} / "
+              f"{b.q95:.3f} in 95% of samples of {stats.n}")
     if "ece" in stats.difference:
         print(f"to resolve a 0.02 change in ECE, evaluate about {stats.examples_needed('ece', 0.02)} examples")
     if spread is not None:
