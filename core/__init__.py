@@ -23,7 +23,7 @@ from .explain.dataset import DatasetExplainer, ExplainConfig, dataset_faithfulne
 from .metrics import METRICS
 from .model.loading import load_model
 from .model.pruning import dropped_attention
-from .study.compare import compare_explanations, compare_results
+from .study.compare import compare_explanations, compare_results, paired_stats
 from .study.importance import attention_scores, calibration_texts
 from .task.data import load_dataset
 from .task.evaluation import EvalConfig, EvalResult, evaluate
@@ -33,5 +33,5 @@ from .task.setup import Setup
 __all__ = [
     "METRICS", "DatasetExplainer", "EvalConfig", "EvalResult", "ExplainConfig", "PromptConfig", "ResultCache", "Setup",
     "UserError", "attention_scores", "calibration_texts", "compare_explanations", "compare_results",
-    "dataset_faithfulness", "dropped_attention", "evaluate", "load_dataset", "load_model",
+    "dataset_faithfulness", "dropped_attention", "evaluate", "load_dataset", "load_model", "paired_stats",
 ]

@@ -22,12 +22,13 @@ import os
 import tempfile
 from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .settings import cache_max_bytes, home
 
 CACHE_VERSION = "1"
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _json_default(obj: Any) -> Any:
@@ -103,6 +104,20 @@ class ResultCache:
         with contextlib.suppress(OSError):
             os.utime(path)  # marks it recently used
         return value
+
+    def load(self, key: str, parse: Callable[[dict], T]) -> T | None:
+        """The entry under ``key`` turned into a result by ``parse``, or None when absent or damaged.
+
+        ``parse`` builds the result from the stored fields; an entry it cannot build from (a missing
+        field, a wrong type or shape) is damaged: logged, and treated as absent.
+        """
+        value = self.get(key)
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            return self._damaged(self._path(key), f"not the expected shape ({type(e).__name__}: {e})")
 
     def _damaged(self, path: Path, why: str) -> None:
         log.warning("result cache entry %s is %s: recomputing it", path.name, why)

@@ -89,3 +89,14 @@ def test_a_check_that_raises_counts_as_damaged(tmp_path: Path) -> None:
     assert cache.get("k", ("logits",), lambda v: len(v["logits"]) > 0) is None
     cache.put("k", {"logits": [3]})
     assert cache.get("k", ("logits",), lambda v: len(v["logits"]) > 0) == {"logits": [3]}
+
+
+def test_load_turns_what_its_parser_cannot_build_into_a_miss(tmp_path: Path, caplog) -> None:
+    cache = ResultCache(tmp_path)
+    cache.put("k", {"a": [1, 2]})
+    assert cache.load("k", lambda d: sum(d["a"])) == 3
+    with caplog.at_level("WARNING", logger="core.cache"):
+        assert cache.load("k", lambda d: d["missing"]) is None
+        assert cache.load("k", lambda d: int("x")) is None
+    assert caplog.text.count("recomputing") == 2
+    assert cache.load("absent", dict) is None

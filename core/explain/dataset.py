@@ -107,8 +107,8 @@ class DatasetExplainer:
         if seed is not None and "seed" in params:
             params = {**params, "seed": seed}
         key = self._key("explanation", example, name, params)
-        if self.cache is not None and (hit := self.cache.get(key)) is not None:
-            return Attribution.from_dict(hit), True
+        if self.cache is not None and (hit := self.cache.load(key, Attribution.from_dict)) is not None:
+            return hit, True
         attribution = explain(self.target, self.features(example), name, params, self.replacement,
                               example.n_options)
         if self.cache is not None:
@@ -132,8 +132,8 @@ class DatasetExplainer:
             key = self._key("faithfulness", ex, a.explainer, a.params, k=list(self.config.k_percents),
                             metric=METRIC_VERSION)
             keys.append(key)
-            hit = self.cache.get(key) if self.cache is not None else None
-            out.append(Faithfulness.from_dict(hit) if hit is not None else None)
+            hit = self.cache.load(key, Faithfulness.from_dict) if self.cache is not None else None
+            out.append(hit)
             if hit is None:
                 todo.append(i)
         if todo:

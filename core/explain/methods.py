@@ -138,6 +138,8 @@ class Attribution:
 
     @classmethod
     def from_dict(cls, d: dict) -> Attribution:
+        if len(d["features"]) != len(d["scores"]):
+            raise ValueError(f"{len(d['features'])} features but {len(d['scores'])} scores")
         return cls(explainer=d["explainer"], params=d["params"], names=list(d["features"]),
                    scores=np.array(d["scores"], dtype=np.float64), predicted=int(d["predicted"]),
                    probs=np.array(d["probs"], dtype=np.float64), seconds=float(d["seconds"]),

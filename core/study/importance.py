@@ -129,8 +129,14 @@ def attention_scores(
 ) -> ImportanceScores:
     """`compute_scores`, through the result cache."""
     key = cache_key("importance", model=lm.id, texts=list(texts), method=METHODS[method])
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return ImportanceScores(**{**hit, "cached": True})
+    def parse(d: dict) -> ImportanceScores:
+        scores = [float(x) for x in d["scores"]]
+        if len(scores) != lm.num_layers:
+            raise ValueError(f"{len(scores)} scores for {lm.num_layers} layers")
+        return ImportanceScores(scores, int(d["n_texts"]), int(d["n_tokens"]), float(d["seconds"]), cached=True)
+
+    if cache is not None and (hit := cache.load(key, parse)) is not None:
+        return hit
     result = compute_scores(lm, texts, batch_size=batch_size, progress=progress, method=method)
     if cache is not None:
         cache.put(key, {"scores": result.scores, "n_texts": result.n_texts, "n_tokens": result.n_tokens,

@@ -167,14 +167,21 @@ def record_point(setup: Setup, config: PointConfig, row: dict) -> None:
     if setup.cache is None:
         return
     key = _context_key(setup, config)
-    points = setup.cache.get(key) or {}
+    points = setup.cache.load(key, _points) or {}
     points[row["layers"]] = {k: v for k, v in row.items() if k not in TIMINGS}
     setup.cache.put(key, points)
 
 
+def _points(stored: dict) -> dict[str, dict]:
+    """The recorded points of a context: one row (a dict) per mask label."""
+    if not all(isinstance(row, dict) and "dropped" in row for row in stored.values()):
+        raise ValueError("a point is not a row with 'dropped'")
+    return stored
+
+
 def points(setup: Setup, config: PointConfig) -> pd.DataFrame:
     """Every mask evaluated so far in this context, one row each (`COLUMNS` less the timings)."""
-    stored = (setup.cache.get(_context_key(setup, config)) if setup.cache is not None else None) or {}
+    stored = (setup.cache.load(_context_key(setup, config), _points) if setup.cache is not None else None) or {}
     table = pd.DataFrame(list(stored.values()), columns=[c for c in COLUMNS if c not in TIMINGS])
     return table.sort_values(["dropped", "layers"]).reset_index(drop=True)
 

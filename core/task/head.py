@@ -238,8 +238,8 @@ def train_head(lm: LoadedModel, dataset: Dataset, config: PromptConfig = DEFAULT
     key = cache_key("head", model=lm.id, data=dataset.fingerprint, train=[ex.id for ex in train],
                     val=[ex.id for ex in val], drop=list(drop), cs=sorted(cs), pooling="mean",
                     max_input_tokens=config.max_input_tokens, version=HEAD_VERSION)
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return Head.from_dict(hit)
+    if cache is not None and (head := cache.load(key, Head.from_dict)) is not None:
+        return head
     max_text = max_text_tokens(config, lm.max_positions)
     prefix = [int(lm.tokenizer.cls_token_id)]
     total = len(train) + len(val)

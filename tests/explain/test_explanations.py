@@ -100,3 +100,21 @@ def test_bad_examples_get_clear_messages() -> None:
         DatasetExplainer(Setup(lm, ds), (), ExplainConfig.make("gradcam"))
     with pytest.raises(UserError, match="no unk token"):
         DatasetExplainer(Setup(lm, ds), (), ExplainConfig.make("lime", removal="unk"))
+
+
+@pytest.mark.parametrize("content", [b"\xff not utf-8", b"[1]", b"{}", b'{"explainer": "occlusion"}',
+                                     b'{"explainer": "occlusion", "params": {}, "features": ["a"], "scores": [],'
+                                     b' "predicted": 0, "probs": [1], "seconds": 0, "granularity": "word"}'])
+def test_damaged_explanation_and_faithfulness_entries_are_recomputed(tmp_path, content: bytes) -> None:
+    lm, ds, _ = _setup()
+    setup = Setup(lm, ds, PromptConfig(style="zero-shot"), cache=ResultCache(tmp_path))
+    explainer = DatasetExplainer(setup, (1,), ExplainConfig.make("occlusion"))
+    examples = ds.splits["test"][:2]
+    first = dataset_faithfulness(explainer, examples).summary()
+    for path in tmp_path.glob("*.json"):
+        if path.name.startswith(("explanation-", "faithfulness-")):
+            path.write_bytes(content)
+    again = dataset_faithfulness(explainer, examples).summary()
+    assert not again["faithfulness_cached"]
+    assert again["comprehensiveness"] == pytest.approx(first["comprehensiveness"])
+    assert dataset_faithfulness(explainer, examples).summary()["faithfulness_cached"]

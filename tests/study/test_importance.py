@@ -66,3 +66,17 @@ def test_scores_are_cached(tmp_path) -> None:
 def test_k_out_of_range() -> None:
     with pytest.raises(UserError, match="between 0 and 4"):
         compute_scores(tiny_loaded("llama"), TEXTS).most_redundant(5)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe", b"[]", b"{}", b'{"scores": [0.1], "n_texts": 1, "n_tokens": 2, '
+                                     b'"seconds": 0}', b'{"scores": "abc", "n_texts": 1, "n_tokens": 2, "seconds": 0}'])
+def test_a_damaged_importance_entry_is_recomputed(tmp_path, content: bytes) -> None:
+    from core.cache import ResultCache
+
+    lm, cache = tiny_loaded("llama"), ResultCache(tmp_path)
+    first = attention_scores(lm, ["a good film", "a bad one"], cache=cache)
+    (entry,) = tmp_path.glob("importance-*.json")
+    entry.write_bytes(content)
+    again = attention_scores(lm, ["a good film", "a bad one"], cache=cache)
+    assert not again.cached and again.scores == pytest.approx(first.scores)
+    assert attention_scores(lm, ["a good film", "a bad one"], cache=cache).cached
