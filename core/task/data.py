@@ -43,6 +43,8 @@ class Dataset:
     splits: dict[str, list[Example]]
     licence: str = ""
     source: str = ""
+    warnings: tuple[str, ...] = ()
+    """What was left out when the rows were read (empty texts, repeated texts), said on every evaluation."""
     fingerprint: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
@@ -378,6 +380,7 @@ def dataset_from_rows(
     label_names = [str(x).strip() for x in label_names]
     index = {n: i for i, n in enumerate(label_names)}
     examples = []
+    empty, repeated, seen = 0, 0, set()
     for i, (row, lab) in enumerate(zip(rows, raw_labels, strict=True)):
         if lab in index:
             label = index[lab]
@@ -385,9 +388,23 @@ def dataset_from_rows(
             label = int(lab)
         else:
             raise UserError(f"row {i + 1} of '{name}' has label '{lab}', not one of: {', '.join(label_names)}")
-        text = str(row[text_column] or "").strip()
-        if text:
-            examples.append(Example(id=str(row.get("id", i)), text=text, label=label))
+        text = str(row[text_column] if row[text_column] is not None else "").strip()
+        if not text:
+            empty += 1
+            continue
+        repeated += text in seen
+        seen.add(text)
+        examples.append(Example(id=str(row.get("id", i)), text=text, label=label))
+    if not examples:
+        raise UserError(f"every text of '{name}' is empty or whitespace ({len(rows)} rows): check the text column "
+                        f"('{text_column}')")
+    warnings = []
+    if empty:
+        warnings.append(f"{empty} of {len(rows)} rows of '{name}' have an empty or whitespace-only text and were "
+                        "left out")
+    if repeated:
+        warnings.append(f"{repeated} of {len(rows)} rows of '{name}' repeat an earlier text: a repeated text counts "
+                        "twice and can land in both the test split and the others")
     template = Template(
         instruction="Classify each text as " + ", ".join(label_names[:-1]) + " or " + label_names[-1] + ".",
         input_prefix="Text: ",
@@ -395,7 +412,7 @@ def dataset_from_rows(
         label_words=tuple(label_names),
     )
     return Dataset(name, "classification", tuple(label_names), template, split_fixed(examples),
-                   licence="user data", source=source)
+                   licence="user data", source=source, warnings=tuple(warnings))
 
 
 # ---------------------------------------------------------------- the preset list

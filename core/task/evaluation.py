@@ -184,6 +184,7 @@ def evaluate(setup: Setup, config: EvalConfig = EvalConfig(), progress: Progress
     drop = validate_mask(config.drop, lm.num_layers)
     builder = setup.builder(drop)
     examples, warnings = dataset.sample(config.split, config.n, seed=config.seed, balanced=config.balanced)
+    warnings = [*dataset.warnings, *warnings]
     if len(drop) == lm.num_layers:
         warnings.append(f"every attention layer ({lm.num_layers}) is dropped: the model sees no context")
 

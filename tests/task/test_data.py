@@ -119,3 +119,23 @@ def test_hub_dataset_offline_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None
 
     with pytest.raises(OfflineError, match="cannot be reached"):
         load_hub_dataset("sst2")
+
+
+def test_empty_and_repeated_texts_are_counted_and_said_on_every_evaluation(tmp_path: Path) -> None:
+    from helpers.tiny_models import tiny_loaded
+
+    from core.task.evaluation import EvalConfig, evaluate
+    from core.task.prompts import PromptConfig
+    from core.task.setup import Setup
+
+    rows = "text,label\n" + "\n".join([f"review number {i},{'pos' if i % 2 else 'neg'}" for i in range(40)]
+                                      + ['"   ",pos', ",neg", "review number 3,pos", "review number 4,neg"])
+    ds = load_user_file(_write(tmp_path / "mixed.csv", rows))
+    assert sum(len(s) for s in ds.splits.values()) == 42  # the two empty rows left out, the repeats kept
+    assert any("2 of 44 rows" in w and "empty or whitespace" in w for w in ds.warnings)
+    assert any("2 of 44 rows" in w and "repeat an earlier text" in w for w in ds.warnings)
+    result = evaluate(Setup(tiny_loaded("llama"), ds, PromptConfig(style="zero-shot")), EvalConfig(n=50, val_n=0))
+    assert set(ds.warnings) <= set(result.warnings)
+    assert any(f"only {result.n} examples" in w and "95% interval" in w for w in result.warnings)
+    with pytest.raises(UserError, match="every text of 'blank' is empty or whitespace"):
+        load_user_file(_write(tmp_path / "blank.csv", 'text,label\n"  ",a\n,b\n'))
