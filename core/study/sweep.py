@@ -138,7 +138,7 @@ def readable(table: pd.DataFrame, keys: Sequence[str] = ("accuracy", "ece", "smo
                                                              "sufficiency")) -> pd.DataFrame:
     """A sweep table for reading: per metric, its value with the 95% interval and its change from the full
     model with the paired interval and a verdict (rows without intervals, e.g. older points, show the value)."""
-    out = table[["dropped", "layers"]].copy()
+    out = table[[c for c in ("dropped", "layers") if c in table]].copy()
     for key in keys:
         if key not in table or table[key].isna().all():
             continue
