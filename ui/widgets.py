@@ -168,7 +168,7 @@ def verdict_line(c: ResultComparison, names: tuple[str, str]) -> str:
     ece = s.difference["ece"]
     m = s.mcnemar
     return (f"{names[1].capitalize()}: right {other.accuracy:.0%} of the time, {conf:.0%} sure on average: {word2} "
-            f"by {by2 * 100:.0f} points; the {names[0]} {word} by {by * 100:.0f}. Accuracy "
+            f"by {by2 * 100:.0f} points; the {names[0]} is {word} by {by * 100:.0f}. Accuracy "
             f"{METRICS['accuracy'].verdict(s.difference['accuracy'].value, s.difference['accuracy'].beyond_noise)} "
             f"({m.right_to_wrong} answers went right → wrong, {m.wrong_to_right} wrong → right, McNemar "
             f"p = {m.p_value:.2g}); ECE {METRICS['ece'].verdict(ece.value, ece.beyond_noise, ece.p_value)}.")

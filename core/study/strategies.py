@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
-from ..explain.dataset import DatasetExplainer, ExplainConfig, dataset_faithfulness
+from ..explain.dataset import DatasetExplainer, ExplainConfig
 from ..progress import StageProgress
 from ..task import calibration as cal
 from ..task.evaluation import score_cached
@@ -110,12 +110,15 @@ class _Judge:
     def probs(self, drop: Sequence[int]) -> np.ndarray:
         return cal.softmax(score_cached(self.setup, sorted(drop), self.builder, "validation", self.examples).logits)
 
-    def _faithfulness(self, drop: Sequence[int]) -> list[dict]:
+    def _comprehensiveness(self, drop: Sequence[int]) -> np.ndarray:
+        """Each judged example's AOPC comprehensiveness under ``drop`` (no random baseline: it is not judged)."""
         explainer = DatasetExplainer(self.setup, sorted(drop), self.explain, "validation")
-        return dataset_faithfulness(explainer, self.examples[: self.config.faith_n]).per_example()
+        examples = self.examples[: self.config.faith_n]
+        attributions = [explainer.explain(ex)[0] for ex in examples]
+        return np.array([f.comprehensiveness for f in explainer.faithfulness(examples, attributions)])
 
     def comprehensiveness(self, drop: Sequence[int]) -> float:
-        return float(np.mean([row["comprehensiveness"] for row in self._faithfulness(drop)]))
+        return float(np.mean(self._comprehensiveness(drop)))
 
     def beats(self, drop: Sequence[int], default: Sequence[int]) -> bool:
         """Whether mask ``drop`` costs less than mask ``default`` beyond noise (paired bootstrap, 95%)."""
@@ -131,7 +134,7 @@ class _Judge:
         draws = calibration_draws(probs, self.labels, self.counts, keys=("accuracy", "ece"))
         cost = -w_acc * draws["accuracy"] + w_ece * draws["ece"]
         if w_comp:
-            comp = np.array([row["comprehensiveness"] for row in self._faithfulness(drop)])
+            comp = self._comprehensiveness(drop)
             cost -= w_comp * (self.faith_counts @ comp) / len(comp)
         return cost
 
