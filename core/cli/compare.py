@@ -35,7 +35,7 @@ def add_parser(sub: Subparsers) -> None:
     add_mask_args(p)
     p.add_argument("--base-attn", default="", metavar="L,..",
                    help="the mask to compare against (default: none dropped, the full model; the JSON then says "
-                        "'base' where it says 'full')")
+                        "'base' and 'other' where it says 'full' and 'pruned')")
     add_prompt_args(p)
     p.add_argument("--bins", type=int, default=15, help="equal-width bins for ECE (default 15)")
     p.add_argument("--val-n", type=int, default=100, help="validation examples for temperature scaling (0: off)")
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> None:
     for w in dict.fromkeys(c.base.warnings + c.other.warnings):
         print(f"warning: {w}", file=sys.stderr)
     stats = c.stats(args.bootstrap, args.seed)
-    out = stats.as_json(("full", "pruned") if not base else ("base", "pruned"))
+    out = stats.as_json(("full", "pruned") if not base else ("base", "other"))
     out.update(model=c.base.model, dataset=c.base.dataset, split=args.split, dropped_attention_layers=drop,
                base_dropped_attention_layers=base)
     spread = None
@@ -95,15 +95,15 @@ def _print(c: ResultComparison, stats: PairedStats, spread: pd.DataFrame | None)
           f"{'the full model' if not base else f'attention dropped at {base}'} against attention dropped at "
           f"{c.other.dropped_attention_layers or 'none'}")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        print(stats.table(("full" if not base else "base", "pruned")).round(4).to_string())
+        print(stats.table(("full", "pruned") if not base else ("base", "other")).round(4).to_string())
     m = stats.mcnemar
     print(f"flips: {m.right_to_wrong} right -> wrong, {m.wrong_to_right} wrong -> right "
           f"(exact McNemar p = {m.p_value:.3g})")
-    first = "full" if not base else "base"
+    first, second = ("full", "pruned") if not base else ("base", "other")
     for key, (a, b) in stats.noise_floor.items():
         def verdict(f: NoiseFloor) -> str:
             return "consistent with perfect calibration" if f.consistent else "miscalibrated beyond noise"
-        print(f"{METRICS[key].title}: {first} {a.observed:.3f} ({verdict(a)}), pruned {b.observed:.3f} "
+        print(f"{METRICS[key].title}: {first} {a.observed:.3f} ({verdict(a)}), {second} {b.observed:.3f} "
               f"({verdict(b)}); a perfectly calibrated model with these confidences reaches {a.q95:.3f} / "
               f"{b.q95:.3f} in 95% of samples of {stats.n}")
     if "ece" in stats.difference:
