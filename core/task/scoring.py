@@ -49,23 +49,23 @@ class AnswerHead:
         self.softcap = getattr(lm.model.config, "final_logit_softcapping", None)
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = hidden.to(self.weight.dtype) @ self.weight.T
-        if self.bias is not None:
-            logits = logits + self.bias
-        return _soft_cap(logits, self.softcap)
+        return _output_logits(hidden, self.weight, self.bias, self.softcap)
 
 
-def _soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
-    return torch.tanh(logits / cap) * cap if cap else logits
+def _output_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   softcap: float | None) -> torch.Tensor:
+    """The output layer's logits for the rows of ``weight``: bias added and soft-capping applied, if any."""
+    logits = hidden.to(weight.dtype) @ weight.T
+    if bias is not None:
+        logits = logits + bias
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
 def log_normaliser(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     """logsumexp of the full output layer's logits (bias and soft-capping included), one per row."""
     out = lm.model.get_output_embeddings()
-    logits = hidden.to(out.weight.dtype) @ out.weight.T
-    if getattr(out, "bias", None) is not None:
-        logits = logits + out.bias
-    logits = _soft_cap(logits, getattr(lm.model.config, "final_logit_softcapping", None))
+    logits = _output_logits(hidden, out.weight, getattr(out, "bias", None),
+                            getattr(lm.model.config, "final_logit_softcapping", None))
     return torch.logsumexp(logits.float(), dim=-1)
 
 
