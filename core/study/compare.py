@@ -42,7 +42,6 @@ from ..task.uncertainty import (
     examples_needed,
     mcnemar,
     mean_interval,
-    noise_floor,
     paired_differences,
     paired_mean_difference,
     resample_counts,
@@ -209,7 +208,7 @@ def paired_stats(base: EvalResult, other: EvalResult, n_resamples: int = N_RESAM
         a["label_mass"] = mean_interval(base.label_mass, counts)
         b["label_mass"] = mean_interval(other.label_mass, counts)
         d["label_mass"] = paired_mean_difference(base.label_mass, other.label_mass, counts)
-    floors = [noise_floor(r.probs, labels, n_bins, seed=seed) for r in (base, other)]
+    floors = [r.noise_floor(seed) for r in (base, other)]
     stats = PairedStats(n=base.n, n_resamples=n_resamples, seed=seed, base=a, other=b, difference=d,
                         mcnemar=mcnemar(base.probs.argmax(1) == labels, other.probs.argmax(1) == labels),
                         noise_floor={k: (floors[0][k], floors[1][k]) for k in floors[0]})

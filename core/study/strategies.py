@@ -101,6 +101,8 @@ class _Judge:
         self.builder = setup.builder()
         self.examples, _ = ds.sample("validation", config.calibration_n, seed=config.seed)
         self.labels = np.array([ex.label for ex in self.examples])
+        self._probs: dict[tuple[int, ...], np.ndarray] = {}
+        self._comp: dict[tuple[int, ...], np.ndarray] = {}
         self.counts = resample_counts(len(self.examples), seed=config.seed)
         self.faith_counts = resample_counts(min(config.faith_n, len(self.examples)), seed=config.seed + 1)
         self.explain = ExplainConfig.make(config.explainer)
@@ -108,14 +110,25 @@ class _Judge:
         self.full_comp = self.comprehensiveness(()) if config.name == "trust-greedy" else 0.0
 
     def probs(self, drop: Sequence[int]) -> np.ndarray:
-        return cal.softmax(score_cached(self.setup, sorted(drop), self.builder, "validation", self.examples).logits)
+        """The validation probabilities under ``drop`` (read once per mask: `cost` and `beats` both need them)."""
+        key = tuple(sorted(drop))
+        if key not in self._probs:
+            logits = score_cached(self.setup, key, self.builder, "validation", self.examples).logits
+            self._probs[key] = cal.softmax(logits)
+        return self._probs[key]
 
     def _comprehensiveness(self, drop: Sequence[int]) -> np.ndarray:
-        """Each judged example's AOPC comprehensiveness under ``drop`` (no random baseline: it is not judged)."""
-        explainer = DatasetExplainer(self.setup, sorted(drop), self.explain, "validation")
-        examples = self.examples[: self.config.faith_n]
-        attributions = [explainer.explain(ex)[0] for ex in examples]
-        return np.array([f.comprehensiveness for f in explainer.faithfulness(examples, attributions)])
+        """Each judged example's AOPC comprehensiveness under ``drop`` (no random baseline: it is not judged).
+
+        Kept per mask, like `probs`: `cost` and `beats` both read it.
+        """
+        key = tuple(sorted(drop))
+        if key not in self._comp:
+            explainer = DatasetExplainer(self.setup, key, self.explain, "validation")
+            examples = self.examples[: self.config.faith_n]
+            attributions = [explainer.explain(ex)[0] for ex in examples]
+            self._comp[key] = np.array([f.comprehensiveness for f in explainer.faithfulness(examples, attributions)])
+        return self._comp[key]
 
     def comprehensiveness(self, drop: Sequence[int]) -> float:
         return float(np.mean(self._comprehensiveness(drop)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -73,6 +73,8 @@ class EvalResult:
     cached: bool
     warnings: list[str]
     prompt: dict
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+    """`intervals` and `noise_floor` by their arguments: every panel of a page reads them, computed once."""
 
     @property
     def probs(self) -> np.ndarray:
@@ -105,14 +107,19 @@ class EvalResult:
 
     def intervals(self, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, Interval]:
         """Every metric with its 95% interval (`core.task.uncertainty`), the label mass's included when known."""
+        if (key := ("intervals", n_resamples, seed)) in self._memo:
+            return self._memo[key]
         out = calibration_intervals(self.probs, self.labels, self.metrics.n_bins, n_resamples, seed)
         if self.label_mass is not None:
             out["label_mass"] = mean_interval(self.label_mass, resample_counts(self.n, n_resamples, seed))
+        self._memo[key] = out
         return out
 
     def noise_floor(self, seed: int = 0) -> dict[str, NoiseFloor]:
         """What a perfectly calibrated model with these confidences would show at this n (binned and smooth ECE)."""
-        return noise_floor(self.probs, self.labels, self.metrics.n_bins, seed=seed)
+        if (key := ("noise_floor", seed)) not in self._memo:
+            self._memo[key] = noise_floor(self.probs, self.labels, self.metrics.n_bins, seed=seed)
+        return self._memo[key]
 
     def summary(self) -> dict:
         """The JSON the CLI writes: metrics at the top level, then their intervals, then the details."""
