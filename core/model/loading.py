@@ -379,6 +379,67 @@ def load_model(
         return loaded
 
 
+@dataclass(frozen=True)
+class ModelInfo:
+    """What can be known of a model without reading its weights: enough to plan and key a study grid."""
+
+    name: str
+    source: str
+    num_layers: int
+    signature: str
+    """A hash of the model's files (names, sizes and modification times) with dtype and device kind:
+    changed weights change it, so results keyed by it are never served for other weights."""
+
+
+def model_info(name_or_path: str, dtype: str = "fp32", device: str = "cpu",
+               trust_remote_code: bool = False, check_device: bool = True) -> ModelInfo:
+    """The model's name, layer count and file signature, from its config alone (no weights are read).
+
+    Raises `UserError` for an unknown name, a folder that is not a model, a hub model that is neither
+    cached nor reachable, or an unsupported architecture. ``check_device`` False skips the check that
+    the device exists here (a cluster's workers may have the GPU the driver lacks).
+    """
+    if check_device:
+        _check_dtype_device(dtype, device)
+    elif dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+    name, where = resolve(name_or_path)
+    folder = where if Path(where).exists() else _hub_snapshot(where)
+    if folder is None:
+        if not hub_reachable():
+            raise OfflineError(f"model '{name_or_path}' ({where}) is not in the local hub cache and the model hub "
+                               f"cannot be reached from here; use '{DEFAULT_MODEL}' or a local folder")
+        folder = where
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read the config of '{name_or_path}': {err}") from None
+    from .architectures import spec_for_config
+
+    spec_for_config(config)  # an unsupported architecture fails here
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    if not layers:
+        raise UserError(f"the config of '{name_or_path}' does not say how many layers the model has")
+    h = hashlib.sha256(f"{name}|{dtype}|{device.split(':')[0]}".encode())
+    root = Path(folder)
+    for f in sorted(root.rglob("*")) if root.exists() else []:
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    if not root.exists():
+        h.update(folder.encode())  # a hub id fetched on load: its name is all there is to key by
+    return ModelInfo(name, where, int(layers), h.hexdigest()[:16])
+
+
+def release_model(lm: LoadedModel) -> None:
+    """Forget a model loaded by `load_model`, so that its memory is freed once no caller holds it."""
+    with _REGISTRY_LOCK:
+        for key in [k for k, v in _REGISTRY.items() if v is lm]:
+            del _REGISTRY[key]
+    if lm.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
 def model_summary(lm: LoadedModel) -> dict[str, object]:
     n_params = sum(p.numel() for p in lm.model.parameters())
     return {

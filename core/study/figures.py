@@ -177,6 +177,35 @@ def tradeoff_curves(table: pd.DataFrame, x: str = "dropped", current: int | None
     return fig
 
 
+def study_curves(table: pd.DataFrame, metrics: Sequence[str] = TRADEOFF_METRICS) -> go.Figure:
+    """A study grid's curves: one row of panels per metric, one column per dataset, one line (with its
+    shaded 95% interval) per model, strategy and explainer, against the number of layers dropped."""
+    metrics = [m for m in metrics if m in table and table[m].notna().any()]
+    datasets = list(dict.fromkeys(table["dataset"]))
+    fig = make_subplots(rows=max(len(metrics), 1), cols=max(len(datasets), 1), shared_xaxes=True,
+                        column_titles=datasets, row_titles=[METRICS[m].title for m in metrics],
+                        vertical_spacing=0.06, horizontal_spacing=0.05)
+    parts = [c for c in ("model", "strategy", "explainer") if table[c].astype(str).nunique() > 1] or ["model"]
+    lines = list(dict.fromkeys(tuple(str(r[c]) for c in parts) for _, r in table.iterrows()))
+    for i, line in enumerate(lines):
+        name = " / ".join(v for v in line if v)
+        chosen = table[(table[parts].astype(str) == list(line)).all(axis=1)]
+        for col, dataset in enumerate(datasets, start=1):
+            rows = chosen[chosen["dataset"] == dataset].sort_values("dropped")
+            for r, m in enumerate(metrics, start=1):
+                if rows[m].isna().all():
+                    continue
+                band = interval_band(rows, "dropped", m, _colour(i))
+                if band is not None:
+                    fig.add_trace(band, row=r, col=col)
+                fig.add_trace(go.Scatter(x=rows["dropped"], y=rows[m], mode="lines+markers", name=name,
+                                         legendgroup=name, line=dict(color=_colour(i)),
+                                         showlegend=r == 1 and col == 1), row=r, col=col)
+    fig.update_xaxes(title_text="attention layers dropped", row=max(len(metrics), 1))
+    fig.update_layout(**{**LAYOUT, "legend": dict(orientation="h", y=-0.08)}, height=260 * max(len(metrics), 1) + 80)
+    return fig
+
+
 def pareto_front(x: Sequence[float], y: Sequence[float]) -> list[int]:
     """Indices of the points no other point beats on both x and y (higher is better), by x.
 

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 
 from ..errors import UserError
 from ..metrics import METRICS
-from .figures import LAYOUT, PALETTE, TRADEOFF_METRICS, interval_band, tradeoff_curves
+from .figures import LAYOUT, PALETTE, TRADEOFF_METRICS, interval_band, study_curves, tradeoff_curves
 
 
 def _calibration_repair(table: pd.DataFrame) -> go.Figure:
@@ -101,25 +101,38 @@ def read_sweep(path: str | Path) -> tuple[pd.DataFrame, dict]:
     return table, settings
 
 
+STYLE = """<style>
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 1rem 0; }
+th, td { border: 1px solid #ddd; padding: 0.25rem 0.5rem; text-align: right; }
+th { background: #f5f5f5; }
+.settings th, .settings td { text-align: left; }
+.scroll { overflow-x: auto; }
+</style>"""
+
+
+def _settings_table(settings: dict) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(v if isinstance(v, str) else json.dumps(v))}"
+                   "</td></tr>" for k, v in settings.items())
+    return f'<table class="settings">{rows}</table>'
+
+
+def _page(title: str, body: str) -> str:
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+{STYLE}</head><body>
+<h1>{html.escape(title)}</h1>
+{body}
+</body></html>
+"""
+
+
 def render(table: pd.DataFrame, settings: dict, title: str = "Attention pruning sweep") -> str:
     figures = [tradeoff_curves(table), _calibration_repair(table)]
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
              for i, fig in enumerate(figures)]
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(v if isinstance(v, str) else json.dumps(v))}"
-                   "</td></tr>" for k, v in settings.items())
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85rem; margin: 1rem 0; }}
-th, td {{ border: 1px solid #ddd; padding: 0.25rem 0.5rem; text-align: right; }}
-th {{ background: #f5f5f5; }}
-.settings th, .settings td {{ text-align: left; }}
-.scroll {{ overflow-x: auto; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>Each row drops one more attention layer, in the strategy's order. Accuracy and calibration on the
-test sample; comprehensiveness and sufficiency (ERASER AOPC; the random baseline dashed) on its first
+    return _page(title, f"""<p>Each row drops one more attention layer, in the strategy's order. Accuracy and
+calibration on the test sample; comprehensiveness and sufficiency (ERASER AOPC; the random baseline dashed) on its first
 examples. {_directions([m for m in TRADEOFF_METRICS if m in table])}</p>
 {_intervals_note(table)}
 {parts[0]}
@@ -129,9 +142,34 @@ examples. {_directions([m for m in TRADEOFF_METRICS if m in table])}</p>
 <h2>Metrics</h2>
 {_glossary(table)}
 <h2>Settings</h2>
-<table class="settings">{rows}</table>
-</body></html>
-"""
+{_settings_table(settings)}""")
+
+
+def render_study(table: pd.DataFrame, run: dict, title: str = "Attention pruning study") -> str:
+    """A study grid's report: its curves per dataset, the table, the run's settings and counts; offline."""
+    metrics = [m for m in TRADEOFF_METRICS if m in table and table[m].notna().any()]
+    figure = (study_curves(table, metrics).to_html(full_html=False, include_plotlyjs=True,
+                                                    config={"displaylogo": False})
+              if len(table) else "<p>No point of the grid finished.</p>")
+    failed = run.get("failed") or []
+    failures = (f"<h2>Failed points ({len(failed)})</h2><ul>"
+                + "".join(f"<li>{html.escape(f)}</li>" for f in failed) + "</ul><p>Rerun the same command to retry "
+                "them; finished points come from the cache.</p>") if failed else ""
+    counts = {k: run.get(k) for k in ("points", "computed", "cached", "seconds")}
+    return _page(title, f"""<p>Each panel shows one metric (row) on one dataset (column) as attention layers are
+dropped in each strategy's order: one line per {', '.join(c for c in ('model', 'strategy', 'explainer')
+if c in table and table[c].astype(str).nunique() > 1) or 'model'}. {_directions(metrics)}</p>
+{_intervals_note(table)}
+{figure}
+{failures}
+<h2>Table</h2>
+<div class="scroll">{table.round(4).to_html(index=False, na_rep="", border=0)}</div>
+<h2>Metrics</h2>
+{_glossary(table)}
+<h2>Run</h2>
+{_settings_table({**counts, "engine": run.get("engine")})}
+<h2>Settings</h2>
+{_settings_table(run.get("settings", {}))}""")
 
 
 def write_report(sweep_csv: str | Path, out: str | Path) -> Path:

@@ -1,0 +1,172 @@
+"""The study grid on tiny models saved as folders: bad specs, resuming, and Ray against the local engine."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers.tiny_models import tiny_model, tiny_tokenizer
+
+from core.cache import ResultCache
+from core.errors import UserError
+from core.study.grid import COLUMNS_OUT, RUN_DEPENDENT, GridSpec, plan, run_study
+from core.task.prompts import PromptConfig
+
+TEXTS = [("the film is good", "positive"), ("a bad and boring movie", "negative"), ("I loved it", "positive"),
+         ("terrible plot, awful dialogue", "negative"), ("wonderful acting", "positive"), ("bad", "negative")]
+
+
+@pytest.fixture(scope="module")
+def grid_inputs(tmp_path_factory) -> dict[str, str]:
+    """Two tiny models of different families as model folders, and a small CSV dataset."""
+    root = tmp_path_factory.mktemp("grid")
+    paths = {}
+    for family in ("llama", "gpt2"):
+        folder = root / f"tiny-{family}"
+        tiny_model(family).save_pretrained(folder)
+        tiny_tokenizer().save_pretrained(folder)
+        paths[family] = str(folder)
+    data = root / "reviews.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for i in range(12):
+            for text, label in TEXTS:
+                writer.writerow([f"{text} {i}", label])
+    paths["data"] = str(data)
+    return paths
+
+
+def _spec(inputs: dict[str, str], **changes) -> GridSpec:
+    base = dict(models=(inputs["llama"], inputs["gpt2"]), datasets=(inputs["data"],),
+                strategies=("similarity", "last-to-first"), max_drop=2, n=8, val_n=4,
+                prompt=PromptConfig(style="zero-shot"))
+    return GridSpec(**{**base, **changes})
+
+
+def _values(table: pd.DataFrame) -> pd.DataFrame:
+    return table.drop(columns=list(RUN_DEPENDENT)).sort_values(["model", "strategy", "dropped"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"models": ("no-such-model",)}, "unknown model 'no-such-model'"),
+    ({"datasets": ("no-such-data",)}, "unknown dataset"),
+    ({"strategies": ("similarity", "best")}, "unknown strategy 'best'; use similarity, block-influence"),
+    ({"faith_n": 2, "explainers": ("lime", "magic")}, "unknown explainer 'magic'; use "),
+    ({"max_drop": 5}, "max_drop 5 is more than the 4 attention layers"),
+    ({"strategies": ("similarity", "similarity")}, "named twice"),
+    ({"device": "tpu"}, "unknown device 'tpu'"),
+])
+def test_a_bad_grid_is_refused_before_any_model_loads(grid_inputs, monkeypatch, change, message) -> None:
+    import core.model.loading as loading
+
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(UserError, match=message):
+        run_study(_spec(grid_inputs, **change), engine="local")
+
+
+def test_an_unknown_engine_is_refused(grid_inputs) -> None:
+    with pytest.raises(UserError, match="unknown engine 'spark'; use local, ray"):
+        plan(_spec(grid_inputs), engine="spark")
+
+
+def test_the_local_grid_writes_every_point_once_and_resumes_after_an_interruption(
+        grid_inputs, tmp_path, monkeypatch) -> None:
+    import core.model.loading as loading
+    import core.study.sweep as sweep
+
+    cache = ResultCache(tmp_path / "cache")
+    spec = _spec(grid_inputs)
+    evaluated: list[tuple] = []
+    loads: list[str] = []
+    real_point, real_load = sweep.evaluate_point, loading.load_model
+    monkeypatch.setattr(sweep, "evaluate_point",
+                        lambda setup, drop, config: evaluated.append(tuple(drop)) or real_point(setup, drop, config))
+    monkeypatch.setattr(loading, "load_model", lambda name, *a, **k: loads.append(name) or real_load(name, *a, **k))
+
+    def stop_after_four(point, engine) -> None:
+        if len(evaluated) == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, tmp_path / "out", cache=cache, on_point=stop_after_four)
+    assert len(evaluated) == 4 and loads == [grid_inputs["llama"]]  # the first model's cells first
+    evaluated.clear()
+    result = run_study(spec, tmp_path / "out", cache=cache)
+    assert (result.computed, result.cached, result.failed) == (8, 4, [])
+    assert len(evaluated) == 8
+    assert loads.count(grid_inputs["gpt2"]) == 1  # once for all of its points
+    table = result.table
+    assert list(table.columns) == COLUMNS_OUT and len(table) == 12
+    assert not table.duplicated(["model", "dataset", "strategy", "explainer", "dropped"]).any()
+    assert table.groupby("model").size().tolist() == [6, 6]
+    last = table[table["strategy"] == "last-to-first"]
+    assert set(last["layers"]) == {"none", "3", "2,3"}  # the strategy's order, first k layers
+    # the full model is the same point under every strategy
+    full = table[table["dropped"] == 0].set_index(["model", "strategy"])["accuracy"].unstack()
+    assert (full["similarity"] == full["last-to-first"]).all()
+
+    evaluated.clear()
+    loads.clear()
+    again = run_study(spec, tmp_path / "out", cache=cache)
+    assert (again.computed, again.cached) == (0, 12) and evaluated == [] and loads == []
+    assert again.table["cached"].all()
+    pd.testing.assert_frame_equal(_values(again.table), _values(table))
+
+    out = tmp_path / "out"
+    run = json.loads((out / "run.json").read_text())
+    assert (run["points"], run["computed"], run["cached"]) == (12, 0, 12) and run["engine"]["workers"] == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), again.table)
+    assert len(pd.read_csv(out / "results.csv")) == 12
+    page = (out / "report.html").read_text()
+    assert "<script src=" not in page.replace('<script src="data:', "") and len(page) > 1_000_000  # offline
+    assert page.count("Plotly.newPlot") == 1 and "reviews.csv" in page and "last-to-first" in page
+
+
+def test_faithfulness_points_carry_one_row_per_explainer(grid_inputs, tmp_path) -> None:
+    spec = _spec(grid_inputs, models=(grid_inputs["llama"],), strategies=("similarity",), max_drop=1,
+                 faith_n=2, explainers=("occlusion", "gradient-x-input"))
+    table = run_study(spec, cache=ResultCache(tmp_path)).table
+    assert list(table["explainer"]) == ["occlusion", "occlusion", "gradient-x-input", "gradient-x-input"]
+    assert table[["comprehensiveness", "sufficiency", "comprehensiveness_change_lo"]].notna().all().all()
+    # accuracy does not depend on the explainer
+    assert table.groupby("dropped")["accuracy"].nunique().eq(1).all()
+
+
+@pytest.mark.slow
+def test_ray_gives_the_local_rows_and_survives_a_killed_worker(grid_inputs, tmp_path) -> None:
+    import ray
+
+    spec = _spec(grid_inputs)
+    local = run_study(spec, cache=ResultCache(tmp_path / "local")).table
+    killed: list[int] = []
+
+    def kill_a_worker(point, engine) -> None:
+        if not killed:
+            actor = engine.actors[0]
+            killed.append(ray.get(actor.pid.remote()))
+            ray.kill(actor, no_restart=False)  # Ray restarts it and retries its points
+
+    result = run_study(spec, tmp_path / "out", engine="ray", workers=2, cache=ResultCache(tmp_path / "ray"),
+                       on_point=kill_a_worker)
+    assert killed and result.failed == [] and (result.computed, result.cached) == (12, 0)
+    assert not result.table.duplicated(["model", "strategy", "dropped"]).any()
+    # the same rows; values to fp32 precision, as actors sum with another number of threads than this process
+    pd.testing.assert_frame_equal(_values(result.table), _values(local), check_exact=False, rtol=1e-5, atol=1e-6)
+    assert result.table["accuracy"].tolist() == local["accuracy"].tolist()
+    run = json.loads((Path(tmp_path) / "out" / "run.json").read_text())
+    assert run["engine"]["engine"] == "ray" and run["engine"]["workers"] == 2
+    assert not ray.is_initialized()  # the runtime the study started is shut down
+
+
+def test_the_study_command_names_what_is_allowed(tmp_path, capsys) -> None:
+    from core.cli import main
+
+    assert main(["study", "--strategies", "similarity,best", "--out", str(tmp_path)]) == 2
+    assert "unknown strategy 'best'; use similarity" in capsys.readouterr().err
+    assert main(["study", "--engine", "ray", "--workers", "0", "--out", str(tmp_path)]) == 2
+    assert "at least 1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written
