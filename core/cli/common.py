@@ -80,7 +80,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=DEFAULT_MODEL, help="preset name, hub id or local folder")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto: spread a model over every GPU")
     p.add_argument("--trust-remote-code", action="store_true", help="run model code from the hub (off by default)")
 
 

@@ -45,7 +45,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--workers", type=int, default=None,
                    help="ray: actors (default: one per GPU, or one per --cpus-per-worker cores)")
     p.add_argument("--cpus-per-worker", type=int, default=1, help="ray: CPU cores per actor (default 1)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto: spread a model over every GPU")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     add_prompt_args(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for results.csv/.parquet, run.json, report.html")

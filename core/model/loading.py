@@ -306,8 +306,8 @@ _KEY_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
 def _check_dtype_device(dtype: str, device: str) -> None:
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
-    if device not in {"cpu", "cuda"} and not device.startswith("cuda:"):
-        raise UserError(f"unknown device '{device}'; use cpu, cuda or cuda:N")
+    if device not in {"cpu", "cuda", "auto"} and not device.startswith("cuda:"):
+        raise UserError(f"unknown device '{device}'; use cpu, cuda, cuda:N or auto (spread over every GPU)")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("device 'cuda' was asked for, but no CUDA GPU is available here; use cpu")
 
@@ -371,7 +371,10 @@ def load_model(
 
         # unsupported architectures fail before any weight is read
         auto = AutoModel if spec_for_config(config).encoder else AutoModelForCausalLM
-        model = auto.from_pretrained(where, dtype=DTYPES[dtype], **kwargs).to(device)
+        if device == "auto":  # accelerate spreads the layers over every GPU (the CPU when there is none)
+            model = auto.from_pretrained(where, dtype=DTYPES[dtype], device_map="auto", **kwargs)
+        else:
+            model = auto.from_pretrained(where, dtype=DTYPES[dtype], **kwargs).to(device)
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
         loaded = wrap_model(name, model, tokenizer, source=where)
         with _REGISTRY_LOCK:

@@ -145,6 +145,9 @@ def plan(spec: GridSpec, engine: str = "local", check_device: bool = True) -> Pl
         if len(set(values)) != len(values):
             raise UserError(f"a {kind} is named twice: {', '.join(values)}")
     _unknown("engine", [engine], ENGINES)
+    if engine == "ray" and spec.device == "auto":
+        raise UserError("device 'auto' spreads one model over every GPU of this machine; with the ray engine "
+                        "use cuda (each worker gets a GPU of its own)")
     _unknown("strategy", spec.strategies, list(STRATEGIES))
     if spec.faith_n < 0 or spec.n < 1 or spec.val_n < 0 or spec.max_drop < 0:
         raise UserError("n must be at least 1, and val_n, faith_n and max_drop at least 0")

@@ -34,6 +34,7 @@ from scipy.special import log_softmax
 
 from ..cache import ResultCache, cache_key
 from ..errors import UserError
+from ..model.batching import batch_size_for, run_batched
 from ..model.loading import LoadedModel
 from ..model.pruning import dropped_attention, validate_mask
 from ..progress import Progress
@@ -195,21 +196,24 @@ def pooled_features(lm: LoadedModel, prefix_ids: Sequence[int], inputs: Sequence
     order = sorted(range(len(rows_all)), key=lambda i: -len(rows_all[i]))
     out = np.zeros((len(rows_all), model.config.hidden_size), dtype=np.float64)
     done = 0
+
+    def step(rows: list[int]) -> None:
+        nonlocal done
+        width = max(len(rows_all[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+        for r, i in enumerate(rows):
+            ids[r, : len(rows_all[i])] = torch.tensor(rows_all[i], device=device)
+            mask[r, : len(rows_all[i])] = 1
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        m = mask.unsqueeze(-1).float()
+        out[rows] = ((hidden * m).sum(1) / m.sum(1)).cpu().numpy()
+        done += len(rows)
+        if progress is not None:
+            progress(done, len(rows_all))
+
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            rows = order[start: start + batch_size]
-            width = max(len(rows_all[i]) for i in rows)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-            mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-            for r, i in enumerate(rows):
-                ids[r, : len(rows_all[i])] = torch.tensor(rows_all[i], device=device)
-                mask[r, : len(rows_all[i])] = 1
-            hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-            m = mask.unsqueeze(-1).float()
-            out[rows] = ((hidden * m).sum(1) / m.sum(1)).cpu().numpy()
-            done += len(rows)
-            if progress is not None:
-                progress(done, len(rows_all))
+        run_batched(order, batch_size_for(lm, max((len(r) for r in rows_all), default=1), batch_size), step)
     return out
 
 

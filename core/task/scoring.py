@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..model.batching import batch_size_for, run_batched
 from ..model.loading import LoadedModel
 from ..model.pruning import active_mask, dropped_attention, expand_cache, new_cache
 from ..progress import Progress
@@ -113,8 +114,9 @@ def _candidate_scores(
             prefix_cache = new_cache(model)
             base(input_ids=prefix, past_key_values=prefix_cache, use_cache=True)
         done = 0
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
+
+        def step(rows: list[int]) -> None:
+            nonlocal done
             lengths = [len(inputs[i]) for i in rows]
             width = max(lengths)
             ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
@@ -143,6 +145,9 @@ def _candidate_scores(
             done += len(rows)
             if progress is not None:
                 progress(done, len(inputs))
+
+        longest = n_prefix + max((len(x) for x in inputs), default=0)
+        run_batched(order, batch_size_for(lm, longest, batch_size), step)
     return result, normaliser
 
 
