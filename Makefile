@@ -51,6 +51,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_explain.py
 	$(BIN)/python benchmarks/bench_models.py
 	$(BIN)/python benchmarks/bench_compare.py
+	$(BIN)/python benchmarks/bench_gpu.py
 
 clean:
 	rm -rf $(VENV)
