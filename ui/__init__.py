@@ -6,13 +6,14 @@
 * `ui.widgets`: error display, progress bars, charts, tables with downloads and metric tiles.
 """
 
-from .sidebar import build_context, context
+from .sidebar import after_page, build_context, context
 from .state import Context, hand_over, write_url
 from .widgets import (
     chart,
     delta_color,
     direction_note,
     guard,
+    live_results,
     metrics_row,
     progress_bar,
     sample_size_hint,
@@ -24,6 +25,7 @@ from .widgets import (
 
 __all__ = [
     "Context",
+    "after_page",
     "build_context",
     "chart",
     "context",
@@ -31,6 +33,7 @@ __all__ = [
     "direction_note",
     "guard",
     "hand_over",
+    "live_results",
     "metrics_row",
     "progress_bar",
     "sample_size_hint",

@@ -19,8 +19,9 @@ from core.explain.methods import DEFAULT_EXPLAINER, EXPLAINERS
 from core.model.efficiency import compare_latency, efficiency
 from core.model.loading import DEFAULT_MODEL, PRESETS, LoadedModel, ModelPreset, load_model
 from core.model.pruning import parse_layer_list, validate_mask
-from core.settings import home
+from core.settings import home, prefetch_enabled
 from core.study.importance import ImportanceScores, attention_scores, calibration_texts
+from core.study.prefetch import PREFETCHER, likely_next
 from core.task.data import DEFAULT_DATASET, EMBEDDED, Dataset, load_dataset
 from core.task.head import train_head
 from core.task.prompts import STYLES, PromptConfig
@@ -206,7 +207,9 @@ def _layer_panel(lm: LoadedModel, scores: ImportanceScores) -> tuple[int, ...]:
     return tuple(i for i in range(n) if not st.session_state[_keep_key(i)])
 
 
-def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> None:
+def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> Callable[[], None] | None:
+    """Draw the mask's efficiency; return the latency measurement, which runs after the page is drawn (it
+    takes seconds for a new mask and must not hold back the metrics), filling the place kept for it here."""
     context = min(1000, lm.max_positions)
     e = efficiency(lm, drop, context=context)
     st.sidebar.subheader("Efficiency of this mask")
@@ -221,13 +224,30 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> None:
     else:
         b.metric("KV cache saved", f"{e.kv_bytes_saved_per_1k_tokens / 2**20:.1f} MiB",
                  f"of {e.kv_bytes_per_1k_tokens / 2**20:.1f} MiB per 1,000 tokens", delta_color="off")
-    if st.sidebar.toggle("Measure latency", key="measure_latency", value=True,
-                         help="time a forward pass of 128 tokens with and without the mask, in turns so that both "
-                              "run under the same load (median of 3)"):
+    if not st.sidebar.toggle("Measure latency", key="measure_latency", value=True,
+                             help="time a forward pass of 128 tokens with and without the mask, in turns so that "
+                                  "both run under the same load (median of 3), once the page is drawn"):
+        return None
+    slot = st.sidebar.empty()
+    slot.caption("forward latency: measured once the page is drawn")
+
+    def measure() -> None:
         full, pruned = _latency(lm.id, drop, lm)
-        st.sidebar.metric("forward latency", f"{pruned * 1000:.0f} ms",
-                          f"{(pruned - full) / full:+.1%} vs full ({full * 1000:.0f} ms)" if drop else None,
-                          delta_color="inverse")  # time: lower is better (latency is not among core.metrics)
+        slot.metric("forward latency", f"{pruned * 1000:.0f} ms",
+                    f"{(pruned - full) / full:+.1%} vs full ({full * 1000:.0f} ms)" if drop else None,
+                    delta_color="inverse")  # time: lower is better (latency is not among core.metrics)
+    return measure
+
+
+def _prefetch(ctx: Context, slot) -> None:
+    """Ask for the likely next masks to be evaluated in the background, and say how many are ready."""
+    config = ctx.eval_config(temperature=bool(st.session_state.get("temperature", False)))
+    masks = likely_next(ctx.scores.order, ctx.drop, int(st.session_state.get("drop_k") or 0) or None)
+    PREFETCHER.request(ctx.setup, config, masks)
+    ready = PREFETCHER.ready(ctx.setup, config, masks)
+    slot.caption(f"Likely next masks ready: **{ready} of {len(masks)}** (evaluated in the background while you "
+                 "read, so those toggles answer at once)", help="adding each remaining layer in importance order, "
+                 "and 'drop the k most redundant'; prefetching pauses whenever a page is being computed")
 
 
 # ---------------------------------------------------------------- the whole sidebar
@@ -262,7 +282,8 @@ def sidebar() -> Context:
                                 help="the camera button above each chart saves this format")
     scores = attention_scores(lm, calibration_texts(ds), cache=cache)
     drop = _layer_panel(lm, scores)
-    _efficiency_readout(lm, drop)
+    prefetch_slot = st.sidebar.empty()
+    latency = _efficiency_readout(lm, drop)
     explain = ExplainConfig.make(explainer, removal=removal)
     try:
         explain.validate()
@@ -270,10 +291,20 @@ def sidebar() -> Context:
         st.sidebar.error(f"{err}; using 'delete'.")
         explain = ExplainConfig.make(explainer)
     setup = Setup(lm, ds, PromptConfig(style=style, seed=prompt_seed), refit_head=refit, cache=cache)
-    ctx = Context(setup=setup, n=n, explain=explain, drop=drop, scores=scores, image_format=image_format)
+    ctx = Context(setup=setup, n=n, explain=explain, drop=drop, scores=scores, image_format=image_format,
+                  after_page=[latency] if latency else [])
+    if prefetch_enabled() and not refit:
+        ctx.after_page.append(lambda: _prefetch(ctx, prefetch_slot))
     st.sidebar.download_button("Download run configuration (JSON)", json.dumps(ctx.run_config(), indent=2),
                                file_name="run-config.json", mime="application/json", key="download_config")
     return ctx
+
+
+def after_page(ctx: Context) -> None:
+    """Run the selection's slow extras (latency, prefetching) now that the page is drawn."""
+    for job in ctx.after_page:
+        with guard("the sidebar"):
+            job()
 
 
 def build_context() -> Context:

@@ -7,6 +7,7 @@ session's first run. Nothing here draws a widget.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import streamlit as st
@@ -38,6 +39,8 @@ class Context:
     scores: ImportanceScores
     image_format: str = "png"
     warnings: list[str] = field(default_factory=list)
+    after_page: list[Callable[[], None]] = field(default_factory=list)
+    """Slow extras (latency, prefetching) that `app.py` runs once the page is drawn, in order."""
 
     @property
     def lm(self) -> LoadedModel:

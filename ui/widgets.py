@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import pandas as pd
@@ -17,6 +18,9 @@ from core.errors import UserError
 from core.metrics import METRICS
 from core.progress import Progress, StageProgress
 from core.study.compare import ResultComparison
+from core.study.figures import reliability_diagram
+from core.task.evaluation import PartialResult
+from core.task.uncertainty import banded_reliability_table, calibration_intervals
 
 from .state import Context
 
@@ -83,6 +87,39 @@ def scoring_bar(n: int) -> contextlib.AbstractContextManager[StageProgress]:
     """The bar shown while `core.study.compare.compare_results` scores ``n`` examples under each mask."""
     return stage_bar(lambda what, done, total: f"Scoring {n} examples ({what}): {done:.0f}/{total}",
                      start=f"Scoring {n} examples")
+
+
+LIVE_TILES = ("accuracy", "ece", "brier")
+LIVE_RESAMPLES = 200
+"""Bootstrap resamples for the intervals shown while a sample is coming in (the final ones use 1,000)."""
+
+
+@contextlib.contextmanager
+def live_results() -> Iterator[Callable[[str, PartialResult], None]]:
+    """A ``partial`` callback for `compare_results`: while a side is scored, its first numbers, their 95%
+    intervals (narrowing as examples arrive) and its reliability diagram, in a slot cleared on leaving."""
+    slot = st.empty()
+    start = time.perf_counter()
+
+    def show(name: str, p: PartialResult) -> None:
+        if p.done == p.total:
+            return  # the whole result is drawn next
+        intervals = calibration_intervals(p.probs, p.labels, n_resamples=LIVE_RESAMPLES)
+        with slot.container(border=True):
+            st.markdown(f"**{name}: {p.done} of {p.total} examples in** after {time.perf_counter() - start:.1f} s. "
+                        "First numbers on a random part of the sample; the intervals narrow as the rest arrives.")
+            for col, key in zip(st.columns(len(LIVE_TILES)), LIVE_TILES, strict=True):
+                iv = intervals[key]
+                col.metric(f"{METRICS[key].title} so far", f"{iv.value:.3f}", help=METRICS[key].meaning)
+                col.caption(f"95% CI {iv.lo:.3f} to {iv.hi:.3f} on {p.done}")
+            st.plotly_chart(reliability_diagram({f"{name}, {p.done} of {p.total}":
+                                                 banded_reliability_table(p.probs, p.labels)}),
+                            key=f"live-{name}-{p.done}", width="stretch", config={"displaylogo": False})
+
+    try:
+        yield show
+    finally:
+        slot.empty()
 
 
 # ---------------------------------------------------------------- charts and tables

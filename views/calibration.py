@@ -38,8 +38,9 @@ with ui.guard("the calibration view"):
     # the validation examples that temperature scaling needs are scored only once it is switched on
     scaled = bool(st.session_state.get("temperature", False))
     names = ("full model", mask_name(ctx.drop))
-    with ui.scoring_bar(ctx.n) as progress:
-        c = compare_results(ctx.setup, ctx.drop, ctx.eval_config(temperature=scaled), progress=progress, names=names)
+    with ui.scoring_bar(ctx.n) as progress, ui.live_results() as live:
+        c = compare_results(ctx.setup, ctx.drop, ctx.eval_config(temperature=scaled), progress=progress, names=names,
+                            partial=live)
     full, pruned = c.base, (None if c.same_mask else c.other)
     st.markdown(ui.verdict_line(c, names))
     ui.metrics_row(c, ctx.lm.num_layers, len(ctx.drop))

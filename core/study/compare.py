@@ -14,7 +14,7 @@ The base mask is the full model by default; any two masks can be compared.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -30,7 +30,7 @@ from ..model.pruning import validate_mask
 from ..progress import StageProgress
 from ..task.calibration import CalibrationReport
 from ..task.data import Example
-from ..task.evaluation import EvalConfig, EvalResult, evaluate
+from ..task.evaluation import EvalConfig, EvalResult, PartialResult, evaluate
 from ..task.setup import Setup
 from ..task.uncertainty import (
     LEVEL,
@@ -221,8 +221,12 @@ def paired_stats(base: EvalResult, other: EvalResult, n_resamples: int = N_RESAM
 
 
 def compare_results(setup: Setup, drop: Sequence[int], config: EvalConfig | None = None, base: Sequence[int] = (),
-                    progress: StageProgress | None = None, names: tuple[str, str] = NAMES) -> ResultComparison:
-    """Evaluate ``config``'s sample under ``base`` and under ``drop`` (once, when they are the same mask)."""
+                    progress: StageProgress | None = None, names: tuple[str, str] = NAMES,
+                    partial: Callable[[str, PartialResult], None] | None = None) -> ResultComparison:
+    """Evaluate ``config``'s sample under ``base`` and under ``drop`` (once, when they are the same mask).
+
+    ``partial`` gets each side's name and its examples scored so far, while that side is computed.
+    """
     config = config or EvalConfig()
     drop = validate_mask(drop, setup.lm.num_layers)
     base = validate_mask(base, setup.lm.num_layers)
@@ -230,8 +234,11 @@ def compare_results(setup: Setup, drop: Sequence[int], config: EvalConfig | None
     def stage(name: str):
         return (lambda done, total: progress(name, done, total)) if progress else None
 
-    first = evaluate(setup, replace(config, drop=base), stage(names[0]))
-    second = first if drop == base else evaluate(setup, replace(config, drop=drop), stage(names[1]))
+    def part(name: str):
+        return (lambda p: partial(name, p)) if partial else None
+
+    first = evaluate(setup, replace(config, drop=base), stage(names[0]), part(names[0]))
+    second = first if drop == base else evaluate(setup, replace(config, drop=drop), stage(names[1]), part(names[1]))
     return ResultComparison(first, second, names)
 
 

@@ -8,8 +8,9 @@ under the same mask.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +51,16 @@ class EvalConfig:
     val_n: int = 100
     """Validation examples for temperature scaling; 0 turns it off."""
     batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class PartialResult:
+    """The test examples scored so far under one mask: a random subset of the sample, growing chunk by chunk."""
+
+    done: int
+    total: int
+    probs: np.ndarray
+    labels: np.ndarray
 
 
 @dataclass
@@ -146,6 +157,25 @@ class EvalResult:
         return out
 
 
+def _scores_key(setup: Setup, drop: Sequence[int], builder: AnswerInput, split: str,
+                examples: Sequence[Example]) -> str:
+    return cache_key("scores", model=setup.lm.id, data=setup.ds.fingerprint, split=split,
+                     ids=[ex.id for ex in examples], prompt=builder.describe(), drop=sorted(drop))
+
+
+def is_cached(setup: Setup, config: EvalConfig) -> bool:
+    """Whether `evaluate` would find every score it needs for ``config`` in the cache (nothing to compute)."""
+    if setup.cache is None:
+        return False
+    drop = validate_mask(config.drop, setup.lm.num_layers)
+    builder = setup.builder(drop)
+    sets = [(config.split, setup.ds.sample(config.split, config.n, seed=config.seed, balanced=config.balanced)[0])]
+    if config.val_n > 0 and config.split != "validation" and setup.ds.splits.get("validation"):
+        sets.append(("validation", setup.ds.sample("validation", config.val_n, seed=config.seed)[0]))
+    return all(setup.cache.get(_scores_key(setup, drop, builder, split, examples)) is not None
+               for split, examples in sets)
+
+
 def score_cached(
     setup: Setup,
     drop: Sequence[int],
@@ -154,17 +184,18 @@ def score_cached(
     examples: Sequence[Example],
     batch_size: int = 16,
     progress: Progress | None = None,
+    partial: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> Scores:
     """Candidate logits (and label mass) for ``examples`` under mask ``drop``: from the cache, or scored and stored.
+
+    Two threads asking for the same scores at once compute them once (`ResultCache.single_flight`).
+    ``partial`` sees the scores as they come when they are computed (see `score_examples`).
 
     ``builder`` is ``setup.builder(drop)``, passed in because callers scoring many example sets
     under one mask build it once.
     """
     cache = setup.cache
-    key = cache_key(
-        "scores", model=setup.lm.id, data=setup.ds.fingerprint, split=split, ids=[ex.id for ex in examples],
-        prompt=builder.describe(), drop=sorted(drop),
-    )
+    key = _scores_key(setup, drop, builder, split, examples)
     n = len(examples)
 
     def well_formed(hit: dict) -> bool:
@@ -172,20 +203,34 @@ def score_cached(
         return (np.array(hit["logits"], dtype=np.float64).shape[:1] == (n,) and isinstance(hit["truncated"], int)
                 and (mass is None or np.array(mass, dtype=np.float64).shape == (n,)))
 
-    if cache is not None and (hit := cache.get(key, ("logits", "truncated", "label_mass"), well_formed)) is not None:
+    def cached() -> Scores | None:
+        if cache is None or (hit := cache.get(key, ("logits", "truncated", "label_mass"), well_formed)) is None:
+            return None
         logits = np.array(hit["logits"], dtype=np.float64).reshape(n, -1)
         mass = None if hit["label_mass"] is None else np.array(hit["label_mass"], dtype=np.float64)
         return Scores(logits, hit["truncated"], 0.0, mass, cached=True)
-    scores = score_examples(setup.lm, builder, examples, drop, batch_size=batch_size, progress=progress)
-    if cache is not None:
-        cache.put(key, {"logits": scores.logits.tolist(), "truncated": scores.truncated,
-                        "seconds": scores.seconds,
-                        "label_mass": None if scores.label_mass is None else scores.label_mass.tolist()})
+
+    if (found := cached()) is not None:
+        return found
+    with cache.single_flight(key) if cache is not None else contextlib.nullcontext():
+        if (found := cached()) is not None:  # another session computed it meanwhile
+            return found
+        scores = score_examples(setup.lm, builder, examples, drop, batch_size=batch_size, progress=progress,
+                                partial=partial)
+        if cache is not None:
+            cache.put(key, {"logits": scores.logits.tolist(), "truncated": scores.truncated,
+                            "seconds": scores.seconds,
+                            "label_mass": None if scores.label_mass is None else scores.label_mass.tolist()})
     return scores
 
 
-def evaluate(setup: Setup, config: EvalConfig = EvalConfig(), progress: Progress | None = None) -> EvalResult:
-    """Accuracy, calibration and predictions of ``setup`` on ``config``'s sample under ``config.drop``."""
+def evaluate(setup: Setup, config: EvalConfig = EvalConfig(), progress: Progress | None = None,
+             partial: Callable[[PartialResult], None] | None = None) -> EvalResult:
+    """Accuracy, calibration and predictions of ``setup`` on ``config``'s sample under ``config.drop``.
+
+    ``partial`` gets the test examples' probabilities as chunks of them are scored (when they are not
+    cached), so that a caller can show first numbers before the whole sample is in.
+    """
     start = time.perf_counter()
     lm, dataset = setup.lm, setup.ds
     drop = validate_mask(config.drop, lm.num_layers)
@@ -208,14 +253,20 @@ def evaluate(setup: Setup, config: EvalConfig = EvalConfig(), progress: Progress
         if progress:
             progress(len(examples) + done, total)
 
-    scores = score_cached(setup, drop, builder, config.split, examples, config.batch_size, test_progress)
+    labels = np.array([ex.label for ex in examples], dtype=int)
+
+    def test_partial(idx: np.ndarray, logits: np.ndarray) -> None:
+        if partial is not None:
+            partial(PartialResult(len(idx), len(examples), cal.softmax(logits), labels[idx]))
+
+    scores = score_cached(setup, drop, builder, config.split, examples, config.batch_size, test_progress,
+                          test_partial if partial is not None else None)
     logits, hit = scores.logits, scores.cached
     if scores.truncated:
         warnings.append(
             f"{scores.truncated} input(s) longer than {builder.max_text_tokens} tokens were truncated to fit"
         )
     probs = cal.softmax(logits)
-    labels = np.array([ex.label for ex in examples], dtype=int)
     temperature, scaled = None, None
     if val_examples:
         val = score_cached(setup, drop, builder, "validation", val_examples, config.batch_size, val_progress)

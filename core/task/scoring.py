@@ -2,6 +2,9 @@
 
 * The prompt prefix runs once per (model, mask) and its KV cache is shared by every batch.
 * Inputs are sorted by length and right-padded within a batch, so little compute goes to padding.
+  When the caller wants results as they come (``partial``), the length-sorted batches run in a
+  bit-reversed order (middle, ends, quarters, ...), so that the examples in at any moment span every
+  length, not the longest first; ``partial`` is called after 2, 4, 8, ... batches and at the end.
 * Only the last real position of each row goes through the output layer, and only the rows of the
   candidate tokens: softmax over those logits equals the full softmax renormalised over them.
 * Scoring a data set also keeps each example's log normaliser over the whole vocabulary, so the
@@ -12,7 +15,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +73,13 @@ def log_normaliser(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.float(), dim=-1)
 
 
+def spread(n: int) -> list[int]:
+    """0..n-1 in bit-reversed order (0, n/2, n/4, 3n/4, ...): every prefix covers the range evenly."""
+    bits = max(n - 1, 1).bit_length()
+    reversed_ = (int(format(k, f"0{bits}b")[::-1], 2) for k in range(2**bits))
+    return [k for k in reversed_ if k < n]
+
+
 def candidate_logits(
     lm: LoadedModel,
     builder: AnswerInput,
@@ -93,8 +103,12 @@ def _candidate_scores(
     use_prefix_cache: bool = True,
     progress: Progress | None = None,
     with_normaliser: bool = False,
+    partial: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """`candidate_logits`, and with ``with_normaliser`` each input's full-vocabulary `log_normaliser`."""
+    """`candidate_logits`, and with ``with_normaliser`` each input's full-vocabulary `log_normaliser`.
+
+    ``partial`` is called after each finished chunk with the indices scored so far and their logits.
+    """
     if isinstance(builder, ClassifierInput):
         return classifier_logits(lm, builder, inputs, batch_size, progress), None
     model, base = lm.model, lm.model.base_model
@@ -103,7 +117,13 @@ def _candidate_scores(
     prefix = torch.tensor([builder.prefix_ids], device=device)
     n_prefix = prefix.shape[1]
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    longest = n_prefix + max((len(x) for x in inputs), default=0)
+    size = batch_size_for(lm, longest, batch_size)
     order = sorted(range(len(inputs)), key=lambda i: -len(inputs[i]))
+    if partial is not None:
+        batches = [order[s : s + size] for s in range(0, len(order), size)]
+        order = [i for b in spread(len(batches)) for i in batches[b]]
+    report_at = {min(2 * size * 2**j, len(inputs)) for j in range(64) if 2 * size * 2**(j - 1) < len(inputs)}
     result = np.zeros((len(inputs), len(builder.candidate_ids)), dtype=np.float64)
     normaliser = np.zeros(len(inputs), dtype=np.float64) if with_normaliser else None
     all_dropped = len(active_mask(model)) == lm.num_layers
@@ -142,12 +162,15 @@ def _candidate_scores(
             result[rows] = head(h).float().cpu().numpy()
             if normaliser is not None:
                 normaliser[rows] = log_normaliser(lm, h).cpu().numpy()
+            before = done
             done += len(rows)
             if progress is not None:
                 progress(done, len(inputs))
+            if partial is not None and any(before < r <= done for r in report_at):
+                scored = np.array(sorted(order[:done]), dtype=int)
+                partial(scored, result[scored].copy())
 
-        longest = n_prefix + max((len(x) for x in inputs), default=0)
-        run_batched(order, batch_size_for(lm, longest, batch_size), step)
+        run_batched(order, size, step)
     return result, normaliser
 
 
@@ -159,14 +182,27 @@ def score_examples(
     batch_size: int = 16,
     use_prefix_cache: bool = True,
     progress: Progress | None = None,
+    partial: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> Scores:
-    """Score ``examples`` with the attention of ``drop`` skipped; -inf marks answers an example lacks."""
+    """Score ``examples`` with the attention of ``drop`` skipped; -inf marks answers an example lacks.
+
+    ``partial`` gets the indices of the examples scored so far and their logits, after each chunk
+    (see the module's note); an encoder's head reports only at the end.
+    """
     start = time.perf_counter()
     encoded = [builder.encode(ex.text) for ex in examples]
+    offered = np.array(candidate_mask([ex.n_options for ex in examples], len(builder.candidate_ids)), dtype=bool)
+
+    def masked(idx: np.ndarray, logits: np.ndarray) -> None:
+        if partial is not None:
+            partial(idx, np.where(offered[idx], logits, -np.inf))
+
     with dropped_attention(lm.model, drop):
         logits, normaliser = _candidate_scores(lm, builder, [e.ids for e in encoded], batch_size, use_prefix_cache,
-                                               progress, with_normaliser=True)
-    offered = np.array(candidate_mask([ex.n_options for ex in examples], logits.shape[1]), dtype=bool)
+                                               progress, with_normaliser=True,
+                                               partial=masked if partial is not None else None)
+    if partial is not None and isinstance(builder, ClassifierInput):
+        masked(np.arange(len(examples)), logits)
     logits = np.where(offered, logits, -np.inf)
     mass = None
     if normaliser is not None:

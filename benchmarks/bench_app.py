@@ -1,0 +1,177 @@
+"""How live the app feels: K headless-chromium sessions through a fixed script (prints figures; not a test).
+
+Starts ``streamlit run app.py`` on a private result cache (the converted models are shared), prepares
+it as ``make app`` does (importance scores and the full model's results), then for each K in
+``--sessions`` opens K browser sessions at once, each running the same script:
+
+1. open the app: seconds until the full model's metrics are on screen (first view);
+2. switch one attention layer off (a different, never evaluated layer per session): seconds until the
+   first numbers appear (the "examples in" panel) and until the page is complete (uncached);
+3. switch it back on and off again: seconds until complete (cached; each of the two counts).
+
+It prints p50 / p95 per step and K (with n, the number of timings). Prefetching is off by default so
+that the uncached toggles stay uncached (``--prefetch`` turns it on, as the app has it).
+
+    python benchmarks/bench_app.py [--sessions 1,3,5] [--prefetch] [--no-prepare]
+
+The app's default sample (n = 200) is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).parent.parent
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+LAYERS = [26, 25, 29, 7, 24, 27, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14]
+"""Layers the sessions switch off, in turn: each K takes the next ones, so every first toggle is uncached."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--window-size=1600,1300"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def main_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, "[data-testid='stMain']").text
+
+
+def kept(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    for m in driver.find_elements(By.CSS_SELECTOR, "[data-testid='stMain'] [data-testid='stMetric']"):
+        if m.find_element(By.CSS_SELECTOR, "[data-testid='stMetricLabel']").text.strip() == "attention layers kept":
+            return m.find_element(By.CSS_SELECTOR, "[data-testid='stMetricValue']").text.strip()
+    return ""
+
+
+def idle(driver) -> bool:
+    from selenium.webdriver.common.by import By
+
+    return not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']")
+
+
+def until(driver, condition, timeout: float = 900, poll: float = 0.1) -> float:
+    """Seconds until ``condition(driver)`` holds (polled every ``poll`` s; a page being redrawn is polled again)."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        try:
+            if condition(driver):
+                return time.perf_counter() - start
+        except (NoSuchElementException, StaleElementReferenceException):
+            pass
+        time.sleep(poll)
+    raise TimeoutError("the page did not get there")
+
+
+def session(url: str, layer: int, layers: int, out: dict[str, list[float]], lock: threading.Lock) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = browser()
+    try:
+        driver.get(url)
+        first_view = until(driver, lambda d: kept(d) == f"{layers} / {layers}" and idle(d))
+        xpath = f"//section[@data-testid='stSidebar']//label[.//p[starts-with(normalize-space(.), '{layer} ·')]]"
+        toggle = driver.find_element(By.XPATH, xpath)
+        toggle.click()
+        t0 = time.perf_counter()
+        seen_live = [None]
+
+        def done_or_live(d) -> bool:
+            if seen_live[0] is None and "examples in after" in main_text(d):
+                seen_live[0] = time.perf_counter() - t0
+            return kept(d) == f"{layers - 1} / {layers}" and idle(d)
+
+        complete = until(driver, done_or_live)
+        cached = []
+        for want in (f"{layers} / {layers}", f"{layers - 1} / {layers}"):
+            driver.find_element(By.XPATH, xpath).click()
+            cached.append(until(driver, lambda d, w=want: kept(d) == w and idle(d), poll=0.02))
+        with lock:
+            out["first view"].append(first_view)
+            out["toggle: first numbers (uncached)"].append(seen_live[0] if seen_live[0] is not None else complete)
+            out["toggle: complete (uncached)"].append(complete)
+            out["toggle: complete (cached)"].extend(cached)
+    finally:
+        driver.quit()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sessions", default="1,3,5")
+    parser.add_argument("--prefetch", action="store_true", help="leave background prefetching on")
+    parser.add_argument("--no-prepare", action="store_true", help="skip what make app computes before starting")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bench-app-"))
+    models = Path(os.environ.get("PRUNE_EXPLORER_HOME", Path.home() / ".cache" / "prune-explorer")) / "models"
+    (home / "models").symlink_to(models, target_is_directory=True)
+    env = {**os.environ, "PRUNE_EXPLORER_HOME": str(home), "PRUNE_EXPLORER_PREFETCH": "1" if args.prefetch else "0",
+           "TRANSFORMERS_VERBOSITY": "error"}
+    if not args.no_prepare:
+        t = time.perf_counter()
+        for cmd in (["scores"], ["evaluate", "--n", "200", "--val-n", "0"]):
+            subprocess.run([sys.executable, "-m", "core", *cmd], env=env, cwd=ROOT, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        print(f"prepared as make app does in {time.perf_counter() - t:.1f} s")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                               "--server.address", "127.0.0.1", "--server.headless", "true"], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            time.sleep(0.3)
+        print(f"{os.cpu_count()} CPU cores, n = 200, prefetch {'on' if args.prefetch else 'off'}")
+        used = 0
+        for k in map(int, args.sessions.split(",")):
+            out: dict[str, list[float]] = {key: [] for key in (
+                "first view", "toggle: first numbers (uncached)", "toggle: complete (uncached)",
+                "toggle: complete (cached)")}
+            lock = threading.Lock()
+            threads = [threading.Thread(target=session, args=(url, LAYERS[used + i], 30, out, lock))
+                       for i in range(k)]
+            used += k
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            print(f"\n{k} session(s) at once:")
+            for key, values in out.items():
+                if values:
+                    v = np.array(values)
+                    print(f"  {key:36s} p50 {np.percentile(v, 50):6.2f} s   p95 {np.percentile(v, 95):6.2f} s   "
+                          f"(n = {len(v)})")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Prefetching likely next masks in the background: what is wanted, pausing for the foreground, cancelling."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from helpers.tiny_models import tiny_loaded
+
+from core.cache import ResultCache
+from core.study import prefetch
+from core.study.prefetch import Prefetcher, likely_next
+from core.task.data import dataset_from_rows
+from core.task.evaluation import EvalConfig, evaluate, is_cached
+from core.task.prompts import PromptConfig
+from core.task.setup import Setup
+
+ROWS = [{"text": f"{t} {i}", "label": lab} for i in range(5) for t, lab in [
+    ("the film is good", "positive"), ("a bad and boring movie", "negative"), ("I loved it", "positive"),
+    ("terrible", "negative")]]
+CONFIG = EvalConfig(n=6, val_n=0)
+
+
+def _setup(tmp_path) -> Setup:
+    return Setup(tiny_loaded("llama"), dataset_from_rows(ROWS, "tiny"), PromptConfig(style="zero-shot"),
+                 cache=ResultCache(tmp_path))
+
+
+def _until(condition, timeout: float = 60) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_likely_next_masks_are_drop_k_then_each_remaining_layer_in_importance_order() -> None:
+    assert likely_next([3, 1, 0, 2], (1,), 2) == [(1, 3), (0, 1), (1, 2)]
+    assert likely_next([3, 1, 0, 2], (), None, limit=2) == [(3,), (1,)]
+    assert likely_next([3, 1, 0, 2], (1, 3), 2) == [(0, 1, 3), (1, 2, 3)]  # drop-k is the current mask
+    assert likely_next([1, 0], (1,), None) == []  # dropping every layer is not a likely next step
+
+
+def test_wanted_masks_are_evaluated_in_the_background_into_the_cache(tmp_path) -> None:
+    setup, p = _setup(tmp_path), Prefetcher()
+    masks = [(0,), (2, 3)]
+    assert p.ready(setup, CONFIG, masks) == 0
+    p.request(setup, CONFIG, masks)
+    assert _until(lambda: p.ready(setup, CONFIG, masks) == 2)
+    assert p.computed == 2 and evaluate(setup, EvalConfig(n=6, val_n=0, drop=(2, 3))).cached
+    p.request(setup, CONFIG, masks)  # nothing missing: nothing computed again
+    time.sleep(0.3)
+    assert p.computed == 2
+
+
+def test_prefetching_waits_while_the_foreground_works(tmp_path) -> None:
+    setup, p = _setup(tmp_path), Prefetcher()
+    with p.foreground():
+        p.request(setup, CONFIG, [(1,)])
+        time.sleep(0.5)
+        assert p.computed == 0 and not is_cached(setup, EvalConfig(n=6, val_n=0, drop=(1,)))
+    assert _until(lambda: p.computed == 1)
+
+
+def test_a_foreground_request_cancels_the_mask_being_prefetched(tmp_path, monkeypatch) -> None:
+    setup, p = _setup(tmp_path), Prefetcher()
+    started, outcome = threading.Event(), []
+
+    def slow_evaluate(setup_, config, progress=None):
+        started.set()
+        try:
+            for i in range(200):  # a long evaluation reporting progress per batch
+                progress(i, 200)
+                time.sleep(0.01)
+        except prefetch.Cancelled:
+            outcome.append("cancelled")
+            raise
+        outcome.append("finished")
+
+    monkeypatch.setattr(prefetch, "evaluate", slow_evaluate)
+    p.request(setup, CONFIG, [(1,)])
+    assert started.wait(30)
+    with p.foreground():
+        assert _until(lambda: outcome == ["cancelled"], 5)
+    p.clear()
+    assert p.computed == 0
+
+
+@pytest.mark.parametrize("value", ["0", "off", "false"])
+def test_prefetching_can_be_switched_off(monkeypatch, value) -> None:
+    from core.settings import PREFETCH_ENV, prefetch_enabled
+
+    monkeypatch.setenv(PREFETCH_ENV, value)
+    assert not prefetch_enabled()
+    monkeypatch.setenv(PREFETCH_ENV, "1")
+    assert prefetch_enabled()
