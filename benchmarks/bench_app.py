@@ -55,25 +55,27 @@ def browser():
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-def main_text(driver) -> str:
-    from selenium.webdriver.common.by import By
+PAGE_STATE = """
+const main = document.querySelector("[data-testid='stMain']");
+let kept = "";
+for (const m of document.querySelectorAll("[data-testid='stMain'] [data-testid='stMetric']")) {
+  const label = m.querySelector("[data-testid='stMetricLabel']");
+  if (label && label.innerText.trim() === "attention layers kept") {
+    kept = m.querySelector("[data-testid='stMetricValue']").innerText.trim();
+  }
+}
+return [main ? main.innerText : "", kept, !document.querySelector("[data-testid='stStatusWidget']")];
+"""
+"""One round trip for what the script watches: the main text, the layers-kept tile and whether a run is idle."""
 
-    return driver.find_element(By.CSS_SELECTOR, "[data-testid='stMain']").text
+
+def page_state(driver) -> tuple[str, str, bool]:
+    text, kept, idle = driver.execute_script(PAGE_STATE)
+    return text, kept, idle
 
 
-def kept(driver) -> str:
-    from selenium.webdriver.common.by import By
-
-    for m in driver.find_elements(By.CSS_SELECTOR, "[data-testid='stMain'] [data-testid='stMetric']"):
-        if m.find_element(By.CSS_SELECTOR, "[data-testid='stMetricLabel']").text.strip() == "attention layers kept":
-            return m.find_element(By.CSS_SELECTOR, "[data-testid='stMetricValue']").text.strip()
-    return ""
-
-
-def idle(driver) -> bool:
-    from selenium.webdriver.common.by import By
-
-    return not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']")
+def kept_and_idle(want: str):
+    return lambda d: (state := page_state(d))[1] == want and state[2]
 
 
 def until(driver, condition, timeout: float = 900, poll: float = 0.1) -> float:
@@ -97,23 +99,24 @@ def session(url: str, layer: int, layers: int, out: dict[str, list[float]], lock
     driver = browser()
     try:
         driver.get(url)
-        first_view = until(driver, lambda d: kept(d) == f"{layers} / {layers}" and idle(d))
+        first_view = until(driver, kept_and_idle(f"{layers} / {layers}"))
         xpath = f"//section[@data-testid='stSidebar']//label[.//p[starts-with(normalize-space(.), '{layer} ·')]]"
-        toggle = driver.find_element(By.XPATH, xpath)
-        toggle.click()
+        until(driver, lambda d: d.find_elements(By.XPATH, xpath), timeout=60)
+        driver.find_element(By.XPATH, xpath).click()
         t0 = time.perf_counter()
         seen_live = [None]
 
         def done_or_live(d) -> bool:
-            if seen_live[0] is None and "examples in after" in main_text(d):
+            text, kept, idle = page_state(d)
+            if seen_live[0] is None and "examples in after" in text:
                 seen_live[0] = time.perf_counter() - t0
-            return kept(d) == f"{layers - 1} / {layers}" and idle(d)
+            return kept == f"{layers - 1} / {layers}" and idle
 
-        complete = until(driver, done_or_live)
+        complete = until(driver, done_or_live, poll=0.25)
         cached = []
         for want in (f"{layers} / {layers}", f"{layers - 1} / {layers}"):
             driver.find_element(By.XPATH, xpath).click()
-            cached.append(until(driver, lambda d, w=want: kept(d) == w and idle(d), poll=0.02))
+            cached.append(until(driver, kept_and_idle(want), poll=0.05))
         with lock:
             out["first view"].append(first_view)
             out["toggle: first numbers (uncached)"].append(seen_live[0] if seen_live[0] is not None else complete)

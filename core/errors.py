@@ -14,3 +14,7 @@ class UserError(Exception):
 
 class OfflineError(UserError):
     """Something needs a model hub or dataset hub that cannot be reached from here."""
+
+
+class Cancelled(Exception):
+    """Work stopped on purpose because something more urgent started (a user's request, a newer one)."""

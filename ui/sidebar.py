@@ -13,7 +13,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.cache import ResultCache
-from core.errors import UserError
+from core.errors import Cancelled, UserError
 from core.explain.dataset import ExplainConfig
 from core.explain.methods import DEFAULT_EXPLAINER, EXPLAINERS
 from core.model.efficiency import compare_latency, efficiency
@@ -47,9 +47,10 @@ def _dataset(name: str, text_column: str = "text", label_column: str = "label") 
     return load_dataset(name, text_column=text_column, label_column=label_column)
 
 
-@st.cache_data(show_spinner="Measuring latency...", max_entries=256)
+@st.cache_data(show_spinner=False, max_entries=256)
 def _latency(model_id: str, drop: tuple[int, ...], _lm: LoadedModel) -> tuple[float, float]:
-    return compare_latency(_lm, drop, tokens=128, repeats=3)
+    # gives way (Cancelled, nothing cached) as soon as another page starts computing
+    return compare_latency(_lm, drop, tokens=128, repeats=3, stop=PREFETCHER.contended)
 
 
 def _load_or_keep(what: str, load: Callable, args: tuple | None, default: str):
@@ -232,7 +233,11 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> Callable[[], 
     slot.caption("forward latency: measured once the page is drawn")
 
     def measure() -> None:
-        full, pruned = _latency(lm.id, drop, lm)
+        try:
+            full, pruned = _latency(lm.id, drop, lm)
+        except Cancelled:
+            slot.caption("forward latency: not measured, another computation started (measured when idle)")
+            return
         slot.metric("forward latency", f"{pruned * 1000:.0f} ms",
                     f"{(pruned - full) / full:+.1%} vs full ({full * 1000:.0f} ms)" if drop else None,
                     delta_color="inverse")  # time: lower is better (latency is not among core.metrics)

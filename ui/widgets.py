@@ -73,8 +73,14 @@ def progress_bar(text: str) -> Iterator[Progress]:
 def stage_bar(describe: Callable[[str, float, int], str], start: str = "starting") -> Iterator[StageProgress]:
     """A (what, done, total) callback drawing one ``st.progress`` bar for work in stages, labelled by ``describe``."""
     bar = st.progress(0.0, text=start)
+    last = [0.0]
 
     def update(what: str, done: float, total: int) -> None:
+        # each update is a message the browser redraws the page for: at most a few a second, so that it does
+        # not take the cores the computation needs
+        if time.perf_counter() - last[0] < BAR_INTERVAL and done < total:
+            return
+        last[0] = time.perf_counter()
         bar.progress(min(done / max(total, 1), 1.0), text=describe(what, done, total))
 
     try:
@@ -89,6 +95,8 @@ def scoring_bar(n: int) -> contextlib.AbstractContextManager[StageProgress]:
                      start=f"Scoring {n} examples")
 
 
+BAR_INTERVAL = 0.5
+"""Seconds between two redraws of a progress bar."""
 LIVE_TILES = ("accuracy", "ece", "brier")
 LIVE_RESAMPLES = 200
 """Bootstrap resamples for the intervals shown while a sample is coming in (the final ones use 1,000)."""

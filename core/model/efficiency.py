@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
+from ..errors import Cancelled
 from .loading import LoadedModel
 from .pruning import attention_param_count, dropped_attention, validate_mask
 
@@ -109,18 +110,26 @@ def _forward_seconds(lm: LoadedModel, ids: torch.Tensor, drop: tuple[int, ...]) 
         return time.perf_counter() - start
 
 
-def compare_latency(lm: LoadedModel, drop: Sequence[int], tokens: int = 256,
-                    repeats: int = 5) -> tuple[float, float]:
+def compare_latency(lm: LoadedModel, drop: Sequence[int], tokens: int = 256, repeats: int = 5,
+                    stop: Callable[[], bool] | None = None) -> tuple[float, float]:
     """Median seconds of a forward pass of the full model and with ``drop`` applied, timed in turns.
 
     Alternating the two puts them under the same load, so their ratio holds on a busy machine,
-    where two separate measurements taken minutes apart can differ by a factor of three.
+    where two separate measurements taken minutes apart can differ by a factor of three. ``stop`` is
+    asked before each pass; when it says so, `Cancelled` is raised (a measurement under another
+    computation's load would be wrong anyway, and it must not slow that computation down).
     """
     drop = validate_mask(drop, lm.num_layers)
     ids = _fixed_ids(lm, tokens)
-    _forward_seconds(lm, ids, ())  # warm-up
+
+    def timed(mask: Sequence[int]) -> float:
+        if stop is not None and stop():
+            raise Cancelled("latency measurement stopped: another computation started")
+        return _forward_seconds(lm, ids, mask)
+
+    timed(())  # warm-up
     full, pruned = [], []
     for _ in range(repeats):
-        full.append(_forward_seconds(lm, ids, ()))
-        pruned.append(_forward_seconds(lm, ids, drop))
+        full.append(timed(()))
+        pruned.append(timed(drop))
     return statistics.median(full), statistics.median(pruned)

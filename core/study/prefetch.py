@@ -18,16 +18,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
+from ..errors import Cancelled
 from ..task.evaluation import EvalConfig, evaluate, is_cached
 from ..task.setup import Setup
 
 log = logging.getLogger(__name__)
 NICE = 10
 """How much lower than the server's the prefetching thread's scheduling priority is (Linux: per thread)."""
-
-
-class Cancelled(Exception):
-    """Raised inside a prefetch evaluation when a foreground computation starts or the wanted list changes."""
 
 
 def likely_next(order: Sequence[int], drop: Sequence[int], drop_k: int | None, limit: int = 6
@@ -74,6 +71,10 @@ class Prefetcher:
             with self._lock:
                 self._foreground -= 1
                 self._wake.notify_all()
+
+    def contended(self) -> bool:
+        """Whether more than one foreground computation runs now (one of them is asked to give way)."""
+        return self._foreground > 1
 
     def request(self, setup: Setup, config: EvalConfig, masks: Sequence[Sequence[int]]) -> None:
         """Prefetch ``masks`` under ``config`` (replacing any earlier list); needs a result cache."""

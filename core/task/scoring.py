@@ -3,8 +3,9 @@
 * The prompt prefix runs once per (model, mask) and its KV cache is shared by every batch.
 * Inputs are sorted by length and right-padded within a batch, so little compute goes to padding.
   When the caller wants results as they come (``partial``), the length-sorted batches run in a
-  bit-reversed order (middle, ends, quarters, ...), so that the examples in at any moment span every
-  length, not the longest first; ``partial`` is called after 2, 4, 8, ... batches and at the end.
+  spread order (a quarter, three quarters, the middle, the longest, ...), so that the examples in at
+  any moment span every length, not the longest first; ``partial`` is called after 1, 2, 4, 8, ...
+  batches and at the end.
 * Only the last real position of each row goes through the output layer, and only the rows of the
   candidate tokens: softmax over those logits equals the full softmax renormalised over them.
 * Scoring a data set also keeps each example's log normaliser over the whole vocabulary, so the
@@ -74,10 +75,13 @@ def log_normaliser(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def spread(n: int) -> list[int]:
-    """0..n-1 in bit-reversed order (0, n/2, n/4, 3n/4, ...): every prefix covers the range evenly."""
+    """0..n-1 so that every prefix covers the range evenly: bit-reversed positions, started at the first
+    quarter (n/4, 3n/4, n/2, 0, ...) so that the first items are typical ones, scaled onto 0..n-1."""
     bits = max(n - 1, 1).bit_length()
-    reversed_ = (int(format(k, f"0{bits}b")[::-1], 2) for k in range(2**bits))
-    return [k for k in reversed_ if k < n]
+    size = 2**bits
+    reversed_ = (int(format(k, f"0{bits}b")[::-1], 2) for k in range(size))
+    shifted = ((r + size // 4) % size for r in reversed_)
+    return [k * n // size for k in shifted if k * n // size < n and (k * n) % size < n]
 
 
 def candidate_logits(
@@ -123,7 +127,7 @@ def _candidate_scores(
     if partial is not None:
         batches = [order[s : s + size] for s in range(0, len(order), size)]
         order = [i for b in spread(len(batches)) for i in batches[b]]
-    report_at = {min(2 * size * 2**j, len(inputs)) for j in range(64) if 2 * size * 2**(j - 1) < len(inputs)}
+    report_at = {min(size * 2**j, len(inputs)) for j in range(64) if size * 2**(j - 1) < len(inputs)}
     result = np.zeros((len(inputs), len(builder.candidate_ids)), dtype=np.float64)
     normaliser = np.zeros(len(inputs), dtype=np.float64) if with_normaliser else None
     all_dropped = len(active_mask(model)) == lm.num_layers

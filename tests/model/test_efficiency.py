@@ -57,3 +57,22 @@ def test_full_and_pruned_latency_are_timed_in_turns(monkeypatch) -> None:
     assert calls == [(), (), (0, 1), (), (0, 1), (), (0, 1)]  # a warm-up, then full and pruned alternate
     with pytest.raises(UserError, match="out of range"):
         compare_latency(lm, (9,))
+
+
+def test_a_latency_measurement_gives_way_when_asked() -> None:
+    from helpers.tiny_models import tiny_loaded
+
+    from core.errors import Cancelled
+
+    lm = tiny_loaded("llama")
+    asked = []
+
+    def stop_after_three() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    with pytest.raises(Cancelled, match="another computation started"):
+        compare_latency(lm, (1,), tokens=16, repeats=3, stop=stop_after_three)
+    assert len(asked) == 4  # asked before every pass: the warm-up, then full and pruned in turns
+    full, pruned = compare_latency(lm, (1,), tokens=16, repeats=3, stop=lambda: False)
+    assert full > 0 and pruned > 0
