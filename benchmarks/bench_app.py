@@ -5,14 +5,15 @@ it as ``make app`` does (importance scores and the full model's results), then f
 ``--sessions`` opens K browser sessions at once, each running the same script:
 
 1. open the app: seconds until the full model's metrics are on screen (first view);
-2. switch one attention layer off (a different, never evaluated layer per session): seconds until the
-   first numbers appear (the "examples in" panel) and until the page is complete (uncached);
+2. switch one attention layer off (a different, never evaluated layer per session; with
+   ``--same-mask`` the same one for every session of a group): seconds until the first numbers
+   appear (the "examples in" panel) and until the page is complete (uncached);
 3. switch it back on and off again: seconds until complete (cached; each of the two counts).
 
 It prints p50 / p95 per step and K (with n, the number of timings). Prefetching is off by default so
 that the uncached toggles stay uncached (``--prefetch`` turns it on, as the app has it).
 
-    python benchmarks/bench_app.py [--sessions 1,3,5] [--prefetch] [--no-prepare]
+    python benchmarks/bench_app.py [--sessions 1,3,5] [--prefetch] [--same-mask] [--no-prepare]
 
 The app's default sample (n = 200) is used.
 """
@@ -119,7 +120,8 @@ def session(url: str, layer: int, layers: int, out: dict[str, list[float]], lock
             cached.append(until(driver, kept_and_idle(want), poll=0.05))
         with lock:
             out["first view"].append(first_view)
-            out["toggle: first numbers (uncached)"].append(seen_live[0] if seen_live[0] is not None else complete)
+            if seen_live[0] is not None:  # a session waiting on another's computation of its mask sees none
+                out["toggle: first numbers (uncached)"].append(seen_live[0])
             out["toggle: complete (uncached)"].append(complete)
             out["toggle: complete (cached)"].extend(cached)
     finally:
@@ -130,6 +132,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", default="1,3,5")
     parser.add_argument("--prefetch", action="store_true", help="leave background prefetching on")
+    parser.add_argument("--same-mask", action="store_true",
+                        help="every session of a group switches off the same layer (single flight: computed once)")
     parser.add_argument("--no-prepare", action="store_true", help="skip what make app computes before starting")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bench-app-"))
@@ -158,14 +162,14 @@ def main() -> None:
                 "first view", "toggle: first numbers (uncached)", "toggle: complete (uncached)",
                 "toggle: complete (cached)")}
             lock = threading.Lock()
-            threads = [threading.Thread(target=session, args=(url, LAYERS[used + i], 30, out, lock))
-                       for i in range(k)]
-            used += k
+            layers = [LAYERS[used]] * k if args.same_mask else LAYERS[used : used + k]
+            threads = [threading.Thread(target=session, args=(url, layer, 30, out, lock)) for layer in layers]
+            used += len(set(layers))
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-            print(f"\n{k} session(s) at once:")
+            print(f"\n{k} session(s) at once" + (", the same layer" if args.same_mask else "") + ":")
             for key, values in out.items():
                 if values:
                     v = np.array(values)
