@@ -13,7 +13,8 @@ it as ``make app`` does (importance scores and the full model's results), then f
 It prints p50 / p95 per step and K (with n, the number of timings). Prefetching is off by default so
 that the uncached toggles stay uncached (``--prefetch`` turns it on, as the app has it).
 
-    python benchmarks/bench_app.py [--sessions 1,3,5] [--prefetch] [--same-mask] [--no-prepare]
+    python benchmarks/bench_app.py [--sessions 1,3,5] [--prefetch] [--same-mask] [--read S]
+                                   [--no-prepare]
 
 The app's default sample (n = 200) is used.
 """
@@ -94,7 +95,8 @@ def until(driver, condition, timeout: float = 900, poll: float = 0.1) -> float:
     raise TimeoutError("the page did not get there")
 
 
-def session(url: str, layer: int, layers: int, out: dict[str, list[float]], lock: threading.Lock) -> None:
+def session(url: str, layer: int, layers: int, out: dict[str, list[float]], lock: threading.Lock,
+            read: float = 0.0) -> None:
     from selenium.webdriver.common.by import By
 
     driver = browser()
@@ -103,6 +105,7 @@ def session(url: str, layer: int, layers: int, out: dict[str, list[float]], lock
         first_view = until(driver, kept_and_idle(f"{layers} / {layers}"))
         xpath = f"//section[@data-testid='stSidebar']//label[.//p[starts-with(normalize-space(.), '{layer} ·')]]"
         until(driver, lambda d: d.find_elements(By.XPATH, xpath), timeout=60)
+        time.sleep(read)  # the user reads the page (prefetching works meanwhile, when it is on)
         driver.find_element(By.XPATH, xpath).click()
         t0 = time.perf_counter()
         seen_live = [None]
@@ -132,6 +135,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", default="1,3,5")
     parser.add_argument("--prefetch", action="store_true", help="leave background prefetching on")
+    parser.add_argument("--read", type=float, default=0.0,
+                        help="seconds each session reads the first view before toggling (time to prefetch)")
     parser.add_argument("--same-mask", action="store_true",
                         help="every session of a group switches off the same layer (single flight: computed once)")
     parser.add_argument("--no-prepare", action="store_true", help="skip what make app computes before starting")
@@ -163,7 +168,8 @@ def main() -> None:
                 "toggle: complete (cached)")}
             lock = threading.Lock()
             layers = [LAYERS[used]] * k if args.same_mask else LAYERS[used : used + k]
-            threads = [threading.Thread(target=session, args=(url, layer, 30, out, lock)) for layer in layers]
+            threads = [threading.Thread(target=session, args=(url, layer, 30, out, lock, args.read))
+                       for layer in layers]
             used += len(set(layers))
             for t in threads:
                 t.start()
