@@ -10,6 +10,8 @@ from core.task import calibration as cal
 from core.task.uncertainty import banded_reliability_table
 
 ctx = ui.context()
+RECENT = 8
+"""Comparisons a session keeps (most recently shown last)."""
 
 
 def _prompt_variance() -> None:
@@ -38,9 +40,17 @@ with ui.guard("the calibration view"):
     # the validation examples that temperature scaling needs are scored only once it is switched on
     scaled = bool(st.session_state.get("temperature", False))
     names = ("full model", mask_name(ctx.drop))
-    with ui.scoring_bar(ctx.n) as progress, ui.live_results() as live:
-        c = compare_results(ctx.setup, ctx.drop, ctx.eval_config(temperature=scaled), progress=progress, names=names,
-                            partial=live)
+    config = ctx.eval_config(temperature=scaled)
+    # a session's recent comparisons are kept with their intervals, so that toggling back and forth
+    # redraws them without recomputing 1,000 bootstrap resamples per side each time
+    memo = st.session_state.setdefault("_comparisons", {})
+    key = (ctx.lm.id, ctx.ds.fingerprint, repr(ctx.prompt), ctx.setup.refit_head, ctx.drop, config)
+    if (c := memo.pop(key, None)) is None:
+        with ui.scoring_bar(ctx.n) as progress, ui.live_results() as live:
+            c = compare_results(ctx.setup, ctx.drop, config, progress=progress, names=names, partial=live)
+    memo[key] = c
+    while len(memo) > RECENT:
+        memo.pop(next(iter(memo)))
     full, pruned = c.base, (None if c.same_mask else c.other)
     st.markdown(ui.verdict_line(c, names))
     ui.metrics_row(c, ctx.lm.num_layers, len(ctx.drop))
