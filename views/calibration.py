@@ -10,8 +10,7 @@ from core.task import calibration as cal
 from core.task.uncertainty import banded_reliability_table
 
 ctx = ui.context()
-RECENT = 8
-"""Comparisons a session keeps (most recently shown last)."""
+RECENT = 8  # comparisons a session keeps (most recently shown last); a bare string here would be drawn
 
 
 def _prompt_variance() -> None:
