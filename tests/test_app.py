@@ -71,14 +71,36 @@ def test_toggling_a_layer_changes_the_metrics_and_the_url(app: AppTest) -> None:
     assert _metrics(app)["attention layers kept"] == "30 / 30" and "drop" not in app.query_params
 
 
-def test_the_url_restores_the_mask_and_the_example(module_results) -> None:
-    at = _new_app(drop="3,7").run()
+def test_the_url_restores_the_mask_and_the_example_and_says_what_it_ignored(module_results) -> None:
+    at = _new_app(drop="3,7", n="37", prompt="poem", removal="unk").run()
     assert not at.exception
+    warnings = " ".join(w.value for w in at.sidebar.warning)
+    assert "The link's n=37 (use a multiple of 20 from 20 to 400) was ignored" in warnings
+    assert "prompt=poem (use zero-shot, few-shot, chat)" in warnings
+    assert at.slider(key="n").value == 40 and at.selectbox(key="removal").value == "unk"
     assert at.toggle(key="keep_3").value is False and at.toggle(key="keep_7").value is False
     assert _metrics(at)["attention layers kept"] == "28 / 30"
     at.switch_page("views/explanations.py").run()
     chosen = at.selectbox(key="example").value
     assert not at.exception and chosen and at.query_params["example"] in (chosen, [chosen])
+
+
+def test_a_shared_link_carries_every_setting_and_restores_every_number(module_results) -> None:
+    first = _new_app(drop="25").run()
+    first.number_input(key="prompt_seed").set_value(3).run()
+    first.toggle(key="temperature").set_value(True).run()
+    assert not first.exception
+    link = {k: v[0] if isinstance(v, list) else v for k, v in first.query_params.items()}
+    assert link == {"drop": "25", "n": "40", "seed": "3", "explainer": "occlusion", "temperature": "1"}
+    shared = AppTest.from_file(APP, default_timeout=900)  # a new session: nothing but the link
+    for key, value in link.items():
+        shared.query_params[key] = value
+    shared.run()
+    assert not shared.exception and not _errors(shared)
+    assert shared.number_input(key="prompt_seed").value == 3 and shared.toggle(key="temperature").value is True
+    assert _metrics(shared) == _metrics(first)
+    tables = lambda at: [t.value.to_csv() for t in at.main.dataframe]  # noqa: E731
+    assert tables(shared) == tables(first)  # every metric, interval and verdict, after temperature too
 
 
 def test_a_missing_model_path_shows_an_error_and_keeps_the_results(app: AppTest) -> None:
@@ -119,6 +141,8 @@ def test_tradeoffs_opens_a_sweep_table_from_the_command_line(app: AppTest) -> No
     assert any("similarity.csv" in c.value for c in app.caption)
     tables = [d.value for d in app.main.dataframe]
     assert any(list(t.get("accuracy", [])) == [0.865, 0.87, 0.875] for t in tables), tables
+    report = next(b for b in app.get("download_button") if b.proto.label == "Download report (HTML)")
+    assert report.proto.label and not app.exception  # the page is built with the report ready to download
 
 
 def test_the_encoder_classifier_runs_every_page_with_its_head_and_refit(module_results) -> None:

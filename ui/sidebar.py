@@ -27,7 +27,7 @@ from core.task.head import train_head
 from core.task.prompts import STYLES, PromptConfig
 from core.task.setup import Setup
 
-from .state import Context, handed_over, init_from_url, write_url
+from .state import Context, handed_over, init_from_url, url_warnings, write_url
 from .widgets import guard
 
 OWN_FILE = "own file..."
@@ -262,6 +262,8 @@ def sidebar() -> Context:
     """Build the shared sidebar and return the current selection."""
     init_from_url()
     st.sidebar.title("Attention pruning explorer")
+    for ignored in url_warnings():
+        st.sidebar.warning(f"The link's {ignored} was ignored.")
     cache = ResultCache()
     lm = _model_picker()
     ds = _dataset_picker()
@@ -270,8 +272,11 @@ def sidebar() -> Context:
     with st.sidebar.expander("Prompt, sample and explainer", expanded=False):
         style, prompt_seed = "few-shot", 0
         if lm.task != "classifier":  # an encoder answers through its head; there is no prompt
-            style = st.selectbox("Prompt style", [s for s in STYLES if s != "chat" or lm.has_chat_template],
-                                 index=1, key="prompt_style")
+            styles = [s for s in STYLES if s != "chat" or lm.has_chat_template]
+            if st.session_state.get("prompt_style", "few-shot") not in styles:
+                st.warning(f"{lm.name} has no chat template: using the few-shot prompt.")
+                st.session_state["prompt_style"] = "few-shot"
+            style = st.selectbox("Prompt style", styles, index=1, key="prompt_style")
             prompt_seed = int(st.number_input(
                 "Demonstration draw (seed)", 0, 999, 0, key="prompt_seed", disabled=style == "zero-shot",
                 help="which demonstrations the few-shot prompt shows; the Calibration page measures how much "

@@ -1,8 +1,10 @@
 """The state of a session: the current selection (`Context`) and its mirror in the URL.
 
-A view can be shared as a link and survives a reload: the model, the data set, the mask and the
-chosen example go into the URL (only where they differ from the defaults) and are read back on a
-session's first run. Nothing here draws a widget.
+A view can be shared as a link and survives a reload: the model, the data set, the mask, the chosen
+example and every setting that changes a number (`SETTINGS`: sample size, prompt style and
+demonstration draw, explainer and its seeds, removal, temperature scaling) go into the URL, only
+where they differ from the defaults, and are read back on a session's first run. A value in a link
+that is not allowed is ignored with a message saying what is. Nothing here draws a widget.
 """
 
 from __future__ import annotations
@@ -14,15 +16,67 @@ import streamlit as st
 
 from core.cache import ResultCache
 from core.explain.dataset import ExplainConfig
+from core.explain.features import REMOVALS
+from core.explain.methods import DEFAULT_EXPLAINER, EXPLAINERS
 from core.model.loading import DEFAULT_MODEL, LoadedModel
 from core.study.importance import ImportanceScores
 from core.task.data import DEFAULT_DATASET, Dataset
 from core.task.evaluation import EvalConfig
-from core.task.prompts import PromptConfig
+from core.task.prompts import STYLES, PromptConfig
 from core.task.setup import Setup
 
 URL_KEYS = ("model", "dataset", "drop", "example")
-"""The query parameters a link carries, in the order they are written."""
+"""The query parameters of the selection itself, in the order they are written (then `SETTINGS`)."""
+
+
+@dataclass(frozen=True)
+class UrlSetting:
+    """A widget's value carried by a link: query parameter, widget key, default and what is allowed."""
+
+    param: str
+    key: str
+    default: object
+    parse: Callable[[str], object]
+    """The value from the link's text; raises ValueError when it is not allowed."""
+    allowed: str
+
+    def text(self, value: object) -> str:
+        return ("1" if value else "0") if isinstance(value, bool) else str(value)
+
+
+def _integer(lo: int, hi: int, step: int = 1) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if not lo <= value <= hi or (value - lo) % step:
+            raise ValueError(raw)
+        return value
+    return parse
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in choices:
+            raise ValueError(raw)
+        return raw
+    return parse
+
+
+def _flag(raw: str) -> bool:
+    if raw not in {"0", "1"}:
+        raise ValueError(raw)
+    return raw == "1"
+
+
+SETTINGS = (
+    UrlSetting("n", "n", 200, _integer(20, 400, 20), "a multiple of 20 from 20 to 400"),
+    UrlSetting("prompt", "prompt_style", "few-shot", _one_of(STYLES), ", ".join(STYLES)),
+    UrlSetting("seed", "prompt_seed", 0, _integer(0, 999), "a whole number from 0 to 999"),
+    UrlSetting("explainer", "explainer", DEFAULT_EXPLAINER, _one_of(tuple(EXPLAINERS)), ", ".join(EXPLAINERS)),
+    UrlSetting("removal", "removal", "delete", _one_of(REMOVALS), ", ".join(REMOVALS)),
+    UrlSetting("explainer_seeds", "explainer_seeds", 1, _integer(1, 5), "a whole number from 1 to 5"),
+    UrlSetting("temperature", "temperature", False, _flag, "0 or 1"),
+)
+"""Every setting besides the selection that changes a number on a page; a shared link carries them all."""
 VALIDATION_N = 100
 """Validation examples that temperature scaling is fitted on, per mask."""
 
@@ -91,14 +145,32 @@ def init_from_url() -> None:
         st.session_state["_url_drop"] = params["drop"]
     if "example" in params:
         st.session_state["example"] = params["example"]
+    ignored = []
+    for setting in SETTINGS:
+        if setting.param in params:
+            raw = params[setting.param]
+            try:
+                st.session_state[setting.key] = setting.parse(raw)
+            except ValueError:
+                ignored.append(f"{setting.param}={raw} (use {setting.allowed})")
+    st.session_state["_url_ignored"] = ignored
+
+
+def url_warnings() -> list[str]:
+    """What the link asked for that is not allowed (said once, on the first run)."""
+    return st.session_state.pop("_url_ignored", [])
 
 
 def write_url(ctx: Context) -> None:
-    """Mirror the selection in the URL (only what differs from the defaults)."""
+    """Mirror the selection and the settings in the URL (only what differs from the defaults)."""
     wanted = {"model": ctx.lm.name, "dataset": ctx.ds.name, "drop": ",".join(map(str, ctx.drop)),
               "example": st.session_state.get("example") or ""}
     defaults = {"model": DEFAULT_MODEL, "dataset": DEFAULT_DATASET, "drop": "", "example": ""}
-    for key in URL_KEYS:
+    for setting in SETTINGS:
+        value = st.session_state.get(setting.key, setting.default)
+        wanted[setting.param] = setting.text(value)
+        defaults[setting.param] = setting.text(setting.default)
+    for key in (*URL_KEYS, *(s.param for s in SETTINGS)):
         value = wanted[key]
         if value and value != defaults[key]:
             if st.query_params.get(key) != value:

@@ -7,7 +7,7 @@ import ui
 from core.errors import UserError
 from core.metrics import FAITHFULNESS
 from core.study.figures import pareto_scatter, tradeoff_curves
-from core.study.report import check_sweep_table
+from core.study.report import check_sweep_table, render
 from core.study.strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig, layer_order
 from core.study.sweep import PointConfig, evaluate_point, mask_label, points, readable, sweep, sweep_order
 
@@ -74,6 +74,11 @@ with ui.guard("the trade-offs view"):
                    "the same examples and is beyond noise only when its interval excludes 0.")
         st.dataframe(readable(table), hide_index=True, width="stretch")
         ui.table(table.round(4), "sweep", hide_index=True)
+        settings = {"sweep": st.session_state.get("sweep_source", ""), "order": list(order), **ctx.run_config()}
+        st.download_button("Download report (HTML)", render(table, settings), file_name="sweep-report.html",
+                           mime="text/html", key="download_report",
+                           help="the command line's report: the curves, the table, the metrics and these settings, "
+                                "in one file that opens with no network")
     else:
         st.info("Run a sweep to draw the curves. Every mask it evaluates is cached: a second run, or the same "
                 "masks in another view, costs nothing.")
