@@ -43,6 +43,11 @@ def test_every_page_renders_without_an_exception(app: AppTest) -> None:
         assert not app.exception, (page, app.exception)
         assert not _errors(app), (page, _errors(app))
         assert app.main.get("plotly_chart") or page.endswith("tradeoffs.py"), page
+    # the Learn view (the last one) says it uses its own mask and offers to apply it
+    assert any("uses its own mask" in i.value for i in app.info)
+    app.button(key="learn_apply").click().run()
+    dropped = [i for i in range(30) if app.toggle(key=f"keep_{i}").value is False]
+    assert len(dropped) == 4 and not any("uses its own mask" in i.value for i in app.info)
 
 
 def _captions(at: AppTest) -> str:

@@ -6,7 +6,7 @@
 * `ui.widgets`: error display, progress bars, charts, tables with downloads and metric tiles.
 """
 
-from .sidebar import after_page, build_context, context
+from .sidebar import after_page, apply_mask, build_context, context
 from .state import Context, hand_over, write_url
 from .widgets import (
     chart,
@@ -26,6 +26,7 @@ from .widgets import (
 __all__ = [
     "Context",
     "after_page",
+    "apply_mask",
     "build_context",
     "chart",
     "context",

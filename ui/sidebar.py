@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import streamlit as st
@@ -190,7 +190,8 @@ def _keep_key(i: int) -> str:
     return f"keep_{i}"
 
 
-def _set_mask(drop: list[int], n_layers: int) -> None:
+def apply_mask(drop: Sequence[int], n_layers: int) -> None:
+    """Set the sidebar's layer toggles to mask ``drop`` (call it from a widget's ``on_click``)."""
     for i in range(n_layers):
         st.session_state[_keep_key(i)] = i not in drop
 
@@ -206,7 +207,7 @@ def _layer_panel(lm: LoadedModel, scores: ImportanceScores) -> tuple[int, ...]:
                 drop = list(validate_mask(parse_layer_list(raw), n))
             except UserError as err:
                 st.sidebar.error(f"The link's mask was ignored: {err}")
-        _set_mask(drop, n)
+        apply_mask(drop, n)
     st.sidebar.subheader("Attention layers")
     st.sidebar.caption("Switch a layer off to drop its attention. The number is its importance, "
                        "1 - cos(x, x + attn(x)): the lowest are the most redundant.")
@@ -214,11 +215,11 @@ def _layer_panel(lm: LoadedModel, scores: ImportanceScores) -> tuple[int, ...]:
                             help="how many of the layers with the lowest importance scores to drop")
 
     def drop_k() -> None:
-        _set_mask(scores.most_redundant(int(st.session_state["drop_k"])), n)
+        apply_mask(scores.most_redundant(int(st.session_state["drop_k"])), n)
 
     cols = st.sidebar.columns(2)
     cols[0].button("Drop them", key="drop_k_button", on_click=drop_k, width="stretch")
-    cols[1].button("Reset all", key="reset_button", on_click=lambda: _set_mask([], n), width="stretch")
+    cols[1].button("Reset all", key="reset_button", on_click=lambda: apply_mask([], n), width="stretch")
     for i in range(n):
         st.session_state.setdefault(_keep_key(i), True)
     grid = st.sidebar.columns(2)

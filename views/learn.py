@@ -5,7 +5,7 @@ import streamlit as st
 import ui
 from core.metrics import METRICS
 from core.model.loading import preset
-from core.study.compare import compare_explanations, compare_results
+from core.study.compare import compare_explanations, compare_results, mask_name
 from core.study.figures import importance_bars, reliability_diagram, token_heatmap
 from core.task import calibration as cal
 
@@ -21,6 +21,13 @@ with ui.guard("the Learn page"):
                                   names=("full model", f"{k} layers dropped"))
     full, pruned = results.base, results.other
     fm, pm = full.metrics, pruned.metrics
+    if drop != tuple(sorted(ctx.drop)):
+        left, right = st.columns([3, 1])
+        left.info(f"This walk-through uses its own mask: the {k} most redundant attention layers "
+                  f"({', '.join(map(str, drop))}). The sidebar's mask ({mask_name(ctx.drop)}) is not used here.")
+        right.button("Use this mask in the sidebar", key="learn_apply", width="stretch",
+                     on_click=lambda: ui.apply_mask(drop, ctx.lm.num_layers),
+                     help="switches these layers off in the sidebar, for every other view")
 
     st.header("1. The task")
     reads = ("reads a text and answers with one word" if ctx.lm.task != "classifier" else
