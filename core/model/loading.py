@@ -303,12 +303,13 @@ _REGISTRY_LOCK = threading.Lock()
 _KEY_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
 
 
-def _check_dtype_device(dtype: str, device: str) -> None:
+def _check_dtype_device(dtype: str, device: str, here: bool = True) -> None:
+    """A known dtype and device; with ``here``, a CUDA device must also exist on this machine."""
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
     if device not in {"cpu", "cuda", "auto"} and not device.startswith("cuda:"):
         raise UserError(f"unknown device '{device}'; use cpu, cuda, cuda:N or auto (spread over every GPU)")
-    if device.startswith("cuda") and not torch.cuda.is_available():
+    if here and device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("device 'cuda' was asked for, but no CUDA GPU is available here; use cpu")
 
 
@@ -338,6 +339,22 @@ def wrap_model(
     )
 
 
+def _reachable(name_or_path: str, where: str) -> str:
+    """Where the model's files are: ``where`` itself (a folder, or a hub id the hub will serve) or its
+    snapshot in the local hub cache; an `OfflineError` when it is neither here nor reachable."""
+    if Path(where).exists():
+        return where
+    if (snapshot := _hub_snapshot(where)) is not None:
+        return snapshot
+    if not hub_reachable():
+        raise OfflineError(
+            f"model '{name_or_path}' ({where}) is not in the local hub cache and the model hub "
+            f"cannot be reached from here. Use the offline default '{DEFAULT_MODEL}', a local "
+            "folder, or download the model where a hub is reachable."
+        )
+    return where
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     dtype: str = "fp32",
@@ -355,13 +372,7 @@ def load_model(
     with key_lock:
         if key in _REGISTRY:
             return _REGISTRY[key]
-        is_local = Path(where).exists()
-        if not is_local and _hub_snapshot(where) is None and not hub_reachable():
-            raise OfflineError(
-                f"model '{name_or_path}' ({where}) is not in the local hub cache and the model hub "
-                f"cannot be reached from here. Use the offline default '{DEFAULT_MODEL}', a local "
-                "folder, or download the model where a hub is reachable."
-            )
+        _reachable(name_or_path, where)
         kwargs = dict(trust_remote_code=trust_remote_code)
         try:
             config = AutoConfig.from_pretrained(where, **kwargs)
@@ -402,17 +413,9 @@ def model_info(name_or_path: str, dtype: str = "fp32", device: str = "cpu",
     cached nor reachable, or an unsupported architecture. ``check_device`` False skips the check that
     the device exists here (a cluster's workers may have the GPU the driver lacks).
     """
-    if check_device:
-        _check_dtype_device(dtype, device)
-    elif dtype not in DTYPES:
-        raise UserError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
+    _check_dtype_device(dtype, device, here=check_device)
     name, where = resolve(name_or_path)
-    folder = where if Path(where).exists() else _hub_snapshot(where)
-    if folder is None:
-        if not hub_reachable():
-            raise OfflineError(f"model '{name_or_path}' ({where}) is not in the local hub cache and the model hub "
-                               f"cannot be reached from here; use '{DEFAULT_MODEL}' or a local folder")
-        folder = where
+    folder = _reachable(name_or_path, where)
     try:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
