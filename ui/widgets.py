@@ -115,7 +115,8 @@ def live_results() -> Iterator[Callable[[str, PartialResult], None]]:
         intervals = calibration_intervals(p.probs, p.labels, n_resamples=LIVE_RESAMPLES)
         with slot.container(border=True):
             st.markdown(f"**{name}: {p.done} of {p.total} examples in** after {time.perf_counter() - start:.1f} s. "
-                        "First numbers on a random part of the sample; the intervals narrow as the rest arrives.")
+                        "First numbers on a part of the sample spread over every input length; the intervals narrow "
+                        "as the rest arrives.")
             for col, key in zip(st.columns(len(LIVE_TILES)), LIVE_TILES, strict=True):
                 iv = intervals[key]
                 col.metric(f"{METRICS[key].title} so far", f"{iv.value:.3f}", help=METRICS[key].meaning)

@@ -55,7 +55,8 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class PartialResult:
-    """The test examples scored so far under one mask: a random subset of the sample, growing chunk by chunk."""
+    """The test examples scored so far under one mask: a part of the sample spread over the input lengths,
+    growing batch by batch (see `core.task.scoring`)."""
 
     done: int
     total: int
@@ -256,8 +257,7 @@ def evaluate(setup: Setup, config: EvalConfig = EvalConfig(), progress: Progress
     labels = np.array([ex.label for ex in examples], dtype=int)
 
     def test_partial(idx: np.ndarray, logits: np.ndarray) -> None:
-        if partial is not None:
-            partial(PartialResult(len(idx), len(examples), cal.softmax(logits), labels[idx]))
+        partial(PartialResult(len(idx), len(examples), cal.softmax(logits), labels[idx]))
 
     scores = score_cached(setup, drop, builder, config.split, examples, config.batch_size, test_progress,
                           test_partial if partial is not None else None)

@@ -81,7 +81,8 @@ def spread(n: int) -> list[int]:
     size = 2**bits
     reversed_ = (int(format(k, f"0{bits}b")[::-1], 2) for k in range(size))
     shifted = ((r + size // 4) % size for r in reversed_)
-    return [k * n // size for k in shifted if k * n // size < n and (k * n) % size < n]
+    # position k maps to k * n // size; keeping only the first k of each run hits every index once
+    return [k * n // size for k in shifted if (k * n) % size < n]
 
 
 def candidate_logits(
@@ -198,8 +199,7 @@ def score_examples(
     offered = np.array(candidate_mask([ex.n_options for ex in examples], len(builder.candidate_ids)), dtype=bool)
 
     def masked(idx: np.ndarray, logits: np.ndarray) -> None:
-        if partial is not None:
-            partial(idx, np.where(offered[idx], logits, -np.inf))
+        partial(idx, np.where(offered[idx], logits, -np.inf))
 
     with dropped_attention(lm.model, drop):
         logits, normaliser = _candidate_scores(lm, builder, [e.ids for e in encoded], batch_size, use_prefix_cache,
