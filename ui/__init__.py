@@ -7,7 +7,7 @@
 """
 
 from .sidebar import after_page, apply_mask, build_context, context
-from .state import Context, hand_over, write_url
+from .state import EXPLAINER_SEEDS_RANGE, Context, hand_over, write_url
 from .widgets import (
     chart,
     delta_color,
@@ -24,6 +24,7 @@ from .widgets import (
 )
 
 __all__ = [
+    "EXPLAINER_SEEDS_RANGE",
     "Context",
     "after_page",
     "apply_mask",

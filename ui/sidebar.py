@@ -28,7 +28,7 @@ from core.task.head import train_head
 from core.task.prompts import STYLES, PromptConfig
 from core.task.setup import Setup
 
-from .state import DEVICES, Context, handed_over, init_from_url, url_warnings, write_url
+from .state import DEVICES, N_RANGE, SEED_RANGE, Context, handed_over, init_from_url, url_warnings, write_url
 from .widgets import guard
 
 OWN_FILE = "own file..."
@@ -298,10 +298,10 @@ def sidebar() -> Context:
                 st.session_state["prompt_style"] = "few-shot"
             style = st.selectbox("Prompt style", styles, index=1, key="prompt_style")
             prompt_seed = int(st.number_input(
-                "Demonstration draw (seed)", 0, 999, 0, key="prompt_seed", disabled=style == "zero-shot",
+                "Demonstration draw (seed)", *SEED_RANGE, 0, key="prompt_seed", disabled=style == "zero-shot",
                 help="which demonstrations the few-shot prompt shows; the Calibration page measures how much "
                      "the numbers move between draws"))
-        n = int(st.slider("Examples", 20, 400, 200, step=20, key="n",
+        n = int(st.slider("Examples", N_RANGE[0], N_RANGE[1], 200, step=N_RANGE[2], key="n",
                           help="test examples scored for accuracy and calibration"))
         explainer = st.selectbox("Explainer", list(EXPLAINERS), index=list(EXPLAINERS).index(DEFAULT_EXPLAINER),
                                  format_func=lambda e: EXPLAINERS[e].title, key="explainer")

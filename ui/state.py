@@ -44,21 +44,23 @@ class UrlSetting:
         return ("1" if value else "0") if isinstance(value, bool) else str(value)
 
 
-def _integer(lo: int, hi: int, step: int = 1) -> Callable[[str], int]:
+def _integer(param: str, key: str, default: int, lo: int, hi: int, step: int = 1) -> UrlSetting:
+    """A whole number from ``lo`` to ``hi`` in steps of ``step``: the bounds its widget is drawn with, too."""
     def parse(raw: str) -> int:
         value = int(raw)
         if not lo <= value <= hi or (value - lo) % step:
             raise ValueError(raw)
         return value
-    return parse
+    allowed = f"a whole number from {lo} to {hi}" if step == 1 else f"a multiple of {step} from {lo} to {hi}"
+    return UrlSetting(param, key, default, parse, allowed)
 
 
-def _one_of(choices: tuple[str, ...]) -> Callable[[str], str]:
+def _one_of(param: str, key: str, default: str, choices: tuple[str, ...]) -> UrlSetting:
     def parse(raw: str) -> str:
         if raw not in choices:
             raise ValueError(raw)
         return raw
-    return parse
+    return UrlSetting(param, key, default, parse, ", ".join(choices))
 
 
 def _flag(raw: str) -> bool:
@@ -69,15 +71,21 @@ def _flag(raw: str) -> bool:
 
 DEVICES = ("cpu-fp32", "cuda-bf16", "cuda-fp16")
 """Where and in which precision the model runs (the CUDA ones only where a GPU is present)."""
+N_RANGE = (20, 400, 20)
+"""The sample sizes the sidebar offers: smallest, largest, step."""
+SEED_RANGE = (0, 999)
+"""The demonstration draws the sidebar offers."""
+EXPLAINER_SEEDS_RANGE = (1, 5)
+"""How many seeds a sampling explainer can be run under on the Explanations view."""
 
 SETTINGS = (
-    UrlSetting("device", "device", DEVICES[0], _one_of(DEVICES), ", ".join(DEVICES)),
-    UrlSetting("n", "n", 200, _integer(20, 400, 20), "a multiple of 20 from 20 to 400"),
-    UrlSetting("prompt", "prompt_style", "few-shot", _one_of(STYLES), ", ".join(STYLES)),
-    UrlSetting("seed", "prompt_seed", 0, _integer(0, 999), "a whole number from 0 to 999"),
-    UrlSetting("explainer", "explainer", DEFAULT_EXPLAINER, _one_of(tuple(EXPLAINERS)), ", ".join(EXPLAINERS)),
-    UrlSetting("removal", "removal", "delete", _one_of(REMOVALS), ", ".join(REMOVALS)),
-    UrlSetting("explainer_seeds", "explainer_seeds", 1, _integer(1, 5), "a whole number from 1 to 5"),
+    _one_of("device", "device", DEVICES[0], DEVICES),
+    _integer("n", "n", 200, *N_RANGE),
+    _one_of("prompt", "prompt_style", "few-shot", STYLES),
+    _integer("seed", "prompt_seed", 0, *SEED_RANGE),
+    _one_of("explainer", "explainer", DEFAULT_EXPLAINER, tuple(EXPLAINERS)),
+    _one_of("removal", "removal", "delete", REMOVALS),
+    _integer("explainer_seeds", "explainer_seeds", 1, *EXPLAINER_SEEDS_RANGE),
     UrlSetting("temperature", "temperature", False, _flag, "0 or 1"),
 )
 """Every setting besides the selection that changes a number on a page; a shared link carries them all."""

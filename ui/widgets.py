@@ -22,13 +22,13 @@ from core.study.figures import reliability_diagram
 from core.task.evaluation import PartialResult
 from core.task.uncertainty import banded_reliability_table, calibration_intervals
 
-from .state import Context
+from .state import N_RANGE, Context
 
 log = logging.getLogger("prune_explorer")
 
 TILES = ("accuracy", "ece", "smooth_ece", "brier", "label_mass")
 """The metric tiles over the views (keys of `METRICS`); a tile whose metric a model lacks is left out."""
-MAX_N = 400
+MAX_N = N_RANGE[1]
 """The largest sample the sidebar's slider offers."""
 
 

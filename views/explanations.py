@@ -53,7 +53,7 @@ with ui.guard("the explanations view"):
     seeds = 1
     if sampling(ctx.explain.explainer):
         seeds = int(st.number_input(
-            "Explainer seeds", 1, 5, 1, key="explainer_seeds",
+            "Explainer seeds", *ui.EXPLAINER_SEEDS_RANGE, 1, key="explainer_seeds",
             help=f"{title} samples perturbations at random: run it under several seeds to see how much its "
                  "scores move by chance, and whether pruning changes the explanation by more than that"))
     with st.spinner(f"Explaining with {title} (seconds per model and seed the first time; cached after)..."):
