@@ -326,11 +326,21 @@ class RayEngine:
 @dataclass
 class StudyResult:
     table: pd.DataFrame
-    computed: int
-    cached: int
-    failed: list[str]
     run: dict
+    """What run.json holds: the settings, the engine, and the points computed, cached and failed."""
     out: Path | None
+
+    @property
+    def computed(self) -> int:
+        return self.run["computed"]
+
+    @property
+    def cached(self) -> int:
+        return self.run["cached"]
+
+    @property
+    def failed(self) -> list[str]:
+        return self.run["failed"]
 
 
 def run_study(spec: GridSpec, out: str | Path | None = None, engine: str = "local", address: str | None = None,
@@ -390,7 +400,7 @@ def run_study(spec: GridSpec, out: str | Path | None = None, engine: str = "loca
     run = {"settings": _settings(spec), "engine": described, "points": total, "computed": len(rows) - n_cached,
            "cached": n_cached, "failed": failed, "seconds": round(time.perf_counter() - start, 2),
            "python": platform.python_version(), "layers": checked.layers}
-    result = StudyResult(table, len(rows) - n_cached, n_cached, failed, run, Path(out) if out else None)
+    result = StudyResult(table, run, Path(out) if out else None)
     if out is not None:
         write_outputs(result, Path(out))
     return result
