@@ -42,7 +42,7 @@ app: setup
 
 test: setup browser
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=15
 
 check: setup
 	$(BIN)/python -m ruff check .
