@@ -50,6 +50,8 @@ STRATEGIES: dict[str, str] = {
     "random": "a seeded random order",
 }
 DEFAULT_STRATEGY = "similarity"
+QUICK = ("similarity", "block-influence", "last-to-first", "first-to-last", "random")
+"""The strategies whose order evaluates no mask (a second at most, cached): the ones a layer picker can rank by."""
 
 
 @dataclass(frozen=True)
@@ -216,3 +218,17 @@ def layer_order(setup: Setup, config: StrategyConfig = StrategyConfig(),
     steps = min(config.steps or n, n)
     return greedy_order(judge.cost, similarity, steps, config.candidates, progress,
                         judge.beats if config.beyond_noise else None)
+
+
+def ranking(setup: Setup, name: str = DEFAULT_STRATEGY) -> tuple[list[int], list[float] | None]:
+    """A quick strategy's order and, for a score-based one, each layer's score (in layer order; None otherwise).
+
+    For a layer picker: the order is the one ``name`` drops layers in, so its first k are its k suggested drops.
+    """
+    if name not in QUICK:
+        raise UserError(f"'{name}' evaluates masks to choose its order; rank layers by one of {', '.join(QUICK)}")
+    if name in ("similarity", "block-influence"):
+        scores = attention_scores(setup.lm, calibration_texts(setup.ds), cache=setup.cache,
+                                  method="attention" if name == "similarity" else "block")
+        return scores.order, scores.scores
+    return layer_order(setup, StrategyConfig(name=name)), None
