@@ -237,7 +237,7 @@ def pareto_scatter(points: pd.DataFrame, faithfulness: str = "comprehensiveness"
         error_x=_error_bars(points, "accuracy"), error_y=_error_bars(points, faithfulness),
         marker=dict(size=9, color=points["dropped"], colorscale="Viridis", showscale=True,
                     colorbar=dict(title="dropped", thickness=12)),
-        text=points["mask"],
+        text=points["mask"], customdata=points["mask"],
         hovertemplate=f"%{{text}}<br>{acc.title} %{{x:.3f}}<br>{faith.title} %{{y:.3f}}<extra></extra>",
     ))
     fig.add_trace(go.Scatter(x=points["accuracy"].iloc[front], y=y[front], mode="lines", name="Pareto front",

@@ -12,7 +12,7 @@ settings), so that the trade-off view can show every mask evaluated so far in th
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -168,6 +168,8 @@ def record_point(setup: Setup, config: PointConfig, row: dict) -> None:
         return
     key = _context_key(setup, config)
     points = setup.cache.load(key, _points) or {}
+    if row["layers"] not in points and row.get("seconds") is not None:
+        _record_seconds(setup, config, float(row["seconds"]))
     points[row["layers"]] = {k: v for k, v in row.items() if k not in TIMINGS}
     setup.cache.put(key, points)
 
@@ -186,16 +188,11 @@ def points(setup: Setup, config: PointConfig) -> pd.DataFrame:
     return table.sort_values(["dropped", "layers"]).reset_index(drop=True)
 
 
-def sweep(setup: Setup, order: Sequence[int], max_drop: int, config: PointConfig,
-          progress: StageProgress | None = None, latency: bool = True) -> pd.DataFrame:
-    """Drop the first 0, 1, ..., ``max_drop`` layers of ``order`` in turn: one row per step.
-
-    ``latency_ms`` is measured afresh (never cached): a forward pass over 128 tokens, median of 3,
-    timed in turns with the full model's (``latency_full_ms``) so that their ratio holds under load.
-    """
+def sweep_steps(setup: Setup, order: Sequence[int], max_drop: int, config: PointConfig,
+                progress: StageProgress | None = None, latency: bool = True) -> Iterator[dict]:
+    """The rows of `sweep`, one at a time, as each step is done (a caller may stop between them)."""
     if not 0 <= max_drop <= len(order):
         raise UserError(f"the number of layers to drop must be between 0 and {len(order)} (got {max_drop})")
-    rows = []
     for k in range(max_drop + 1):
         def step(stage: str, done: float, total: int, k: int = k) -> None:
             if progress:  # in points: the finished ones plus the running one's share
@@ -204,5 +201,72 @@ def sweep(setup: Setup, order: Sequence[int], max_drop: int, config: PointConfig
         if latency:
             full, pruned = compare_latency(setup.lm, order[:k], tokens=128, repeats=3)
             row["latency_ms"], row["latency_full_ms"] = 1000 * pruned, 1000 * full
-        rows.append(row)
-    return pd.DataFrame(rows, columns=COLUMNS)
+        yield row
+
+
+def sweep(setup: Setup, order: Sequence[int], max_drop: int, config: PointConfig,
+          progress: StageProgress | None = None, latency: bool = True) -> pd.DataFrame:
+    """Drop the first 0, 1, ..., ``max_drop`` layers of ``order`` in turn: one row per step.
+
+    ``latency_ms`` is measured afresh (never cached): a forward pass over 128 tokens, median of 3,
+    timed in turns with the full model's (``latency_full_ms``) so that their ratio holds under load.
+    """
+    return pd.DataFrame(list(sweep_steps(setup, order, max_drop, config, progress, latency)), columns=COLUMNS)
+
+
+@dataclass(frozen=True)
+class SweepEstimate:
+    """What a sweep will cost before it runs: its masks, which are cached, and the time for the rest."""
+
+    masks: list[str]
+    """Each step's mask label (0, 1, ... layers dropped); empty when the order is not known yet (greedy)."""
+    cached: list[bool]
+    seconds: float | None
+    """Estimated seconds for the masks to compute (None: nothing measured yet with these settings)."""
+    basis: str
+    """Where the estimate comes from, in words."""
+
+    @property
+    def to_compute(self) -> int:
+        return len(self.masks) - sum(self.cached)
+
+
+RECENT_POINTS = 5
+"""How many of the last computed points' times an estimate takes the median of."""
+
+
+def _timing_key(setup: Setup, config: PointConfig) -> str:
+    return cache_key("point-seconds", context=_context_key(setup, config))
+
+
+def estimate_sweep(setup: Setup, order: Sequence[int] | None, max_drop: int, config: PointConfig) -> SweepEstimate:
+    """The masks of a sweep of ``order`` (None: not known before a greedy search) to ``max_drop`` layers, which
+    of them are cached in this context, and the time for the others: the median time of the last points
+    computed with these settings (none yet: nothing to go on, said so)."""
+    known = set(points(setup, config)["layers"])
+    masks = [mask_label(order[:k]) for k in range(max_drop + 1)] if order is not None else []
+    cached = [m in known for m in masks]
+    recent = (setup.cache.load(_timing_key(setup, config), _seconds) if setup.cache is not None else None) or []
+    todo = (len(masks) - sum(cached)) if order is not None else max_drop + 1
+    if not recent:
+        return SweepEstimate(masks, cached, None, "no mask has been computed with these settings yet: the first "
+                                                  "one measures it")
+    per = float(np.median(recent))
+    return SweepEstimate(masks, cached, per * todo, f"{per:.0f} s per mask, the median of the last {len(recent)} "
+                                                    "computed with these settings")
+
+
+def _seconds(stored: dict) -> list[float]:
+    seconds = stored.get("seconds")
+    if not isinstance(seconds, list) or not all(isinstance(x, int | float) for x in seconds):
+        raise ValueError("not a list of seconds")
+    return [float(x) for x in seconds]
+
+
+def _record_seconds(setup: Setup, config: PointConfig, seconds: float) -> None:
+    """Remember how long a new point took, for `estimate_sweep`."""
+    if setup.cache is None:
+        return
+    key = _timing_key(setup, config)
+    recent = setup.cache.load(key, _seconds) or []
+    setup.cache.put(key, {"seconds": (recent + [seconds])[-RECENT_POINTS:]})
