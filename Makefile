@@ -38,6 +38,7 @@ app: setup
 	@echo "Preparing the default model's importance scores and full-model results (cached after the first time)..."
 	$(BIN)/python -m core scores > /dev/null
 	$(BIN)/python -m core evaluate --n 200 --val-n 0 > /dev/null
+	@echo "Starting the app: open http://localhost:8501 in a browser (the server opens no window itself)."
 	$(BIN)/python -m streamlit run app.py
 
 test: setup browser

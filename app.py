@@ -14,10 +14,11 @@ from core.study.prefetch import PREFETCHER  # noqa: E402
 st.set_page_config(page_title="Attention pruning explorer", page_icon=":scissors:", layout="wide")
 
 PAGES = [
-    st.Page("views/calibration.py", title="Calibration", icon=":material/tune:", default=True),
+    st.Page("views/start.py", title="Start here", icon=":material/flag:", default=True),
+    st.Page("views/learn.py", title="Learn", icon=":material/school:"),
+    st.Page("views/calibration.py", title="Calibration", icon=":material/tune:"),
     st.Page("views/explanations.py", title="Explanations", icon=":material/highlight:"),
     st.Page("views/tradeoffs.py", title="Trade-offs", icon=":material/show_chart:"),
-    st.Page("views/learn.py", title="Learn", icon=":material/school:"),
 ]
 page = st.navigation(PAGES)
 
@@ -25,5 +26,6 @@ page = st.navigation(PAGES)
 with PREFETCHER.foreground():
     ctx = ui.build_context()
     ui.hand_over(ctx)
+    ui.banner(ctx)
     page.run()
     ui.after_page(ctx)

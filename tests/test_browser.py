@@ -117,11 +117,35 @@ def _idle(driver) -> bool:
     return not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']")
 
 
+def _main_text(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, "[data-testid='stMain']").text
+
+
+def _click_button(driver, text: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.XPATH, f"//button[.//p[normalize-space(.)='{text}']]").click()
+
+
+def test_the_start_view_drops_the_suggested_layers(server: str, browser) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.get(server)
+    _wait(browser, lambda d: "Drop the 4 suggested layers" in _main_text(d) and _idle(d), 600, "the start view")
+    browser.save_screenshot(str(ARTIFACTS / "app-start.png"))
+    _click_button(browser, "Drop the 4 suggested layers")
+    _wait(browser, lambda d: "4 attention layers dropped: right" in _main_text(d) and _idle(d), 600,
+          "the pruned model's verdict")
+    assert "predictions flipped" in _main_text(browser) and "drop=" in browser.current_url
+    browser.save_screenshot(str(ARTIFACTS / "app-start-tour.png"))
+
+
 def test_toggle_a_layer_in_a_real_browser(server: str, browser) -> None:
     from selenium.webdriver.common.by import By
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    browser.get(server)
+    browser.get(server + "/calibration")
     _wait(browser, lambda d: _metrics(d).get("attention layers kept") == "30 / 30" and _idle(d), 600,
           "the full model's metrics")
     before = _metrics(browser)
@@ -146,8 +170,11 @@ def test_toggle_a_layer_in_a_real_browser(server: str, browser) -> None:
     assert "drop=26" in browser.current_url
     print(f"toggle to first numbers: {first:.1f} s; to updated metrics: {seconds:.1f} s (uncached)")
     browser.get(server + "/explanations?drop=26")
+    explain = "//button[.//p[normalize-space(.)='Explain this example']]"  # explanations are drawn on request
+    _wait(browser, lambda d: d.find_elements(By.XPATH, explain) and _idle(d), 600, "the explanations view")
+    browser.find_element(By.XPATH, explain).click()
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot") and _idle(d), 600,
-          "the explanations view")
+          "the explanation, once asked for")
     browser.save_screenshot(str(ARTIFACTS / "app-explanations.png"))
     assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
 

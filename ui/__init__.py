@@ -6,7 +6,7 @@
 * `ui.widgets`: error display, progress bars, charts, tables with downloads and metric tiles.
 """
 
-from .sidebar import after_page, apply_mask, build_context, context
+from .sidebar import after_page, apply_mask, banner, build_context, context
 from .state import EXPLAINER_SEEDS_RANGE, Context, hand_over, write_url
 from .widgets import (
     chart,
@@ -28,6 +28,7 @@ __all__ = [
     "Context",
     "after_page",
     "apply_mask",
+    "banner",
     "build_context",
     "chart",
     "context",

@@ -21,8 +21,10 @@ from core.model.efficiency import compare_latency, efficiency
 from core.model.loading import DEFAULT_MODEL, PRESETS, LoadedModel, ModelPreset, load_model
 from core.model.pruning import parse_layer_list, validate_mask
 from core.settings import home, prefetch_enabled
-from core.study.importance import ImportanceScores, attention_scores, calibration_texts
+from core.study.importance import attention_scores, calibration_texts
 from core.study.prefetch import PREFETCHER, likely_next
+from core.study.strategies import QUICK, STRATEGIES, ranking
+from core.study.sweep import mask_label
 from core.task.data import DEFAULT_DATASET, EMBEDDED, Dataset, load_dataset
 from core.task.head import train_head
 from core.task.prompts import STYLES, PromptConfig
@@ -33,6 +35,7 @@ from .widgets import guard
 
 OWN_FILE = "own file..."
 OTHER_MODEL = "hub id or local folder..."
+LAST_SWEEP = "last sweep"
 
 
 # ---------------------------------------------------------------- cached resources
@@ -190,15 +193,30 @@ def _keep_key(i: int) -> str:
     return f"keep_{i}"
 
 
-def apply_mask(drop: Sequence[int], n_layers: int) -> None:
-    """Set the sidebar's layer toggles to mask ``drop`` (call it from a widget's ``on_click``)."""
+def apply_mask(drop: Sequence[int], n_layers: int, commit: bool = True) -> None:
+    """Set the sidebar's layer toggles to mask ``drop`` (call it from a widget's ``on_click``).
+
+    ``commit=False`` only sets the toggles: in Apply mode they are a draft until Apply is pressed.
+    """
     for i in range(n_layers):
         st.session_state[_keep_key(i)] = i not in drop
+    if commit:
+        st.session_state["_mask"] = tuple(sorted(drop))
 
 
-def _layer_panel(lm: LoadedModel, scores: ImportanceScores) -> tuple[int, ...]:
+def _toggled(n: int) -> tuple[int, ...]:
+    """The mask the layer toggles show (a draft in Apply mode)."""
+    return tuple(i for i in range(n) if not st.session_state.get(_keep_key(i), True))
+
+
+def _current_mask(lm: LoadedModel) -> tuple[int, ...]:
+    """The mask the pages evaluate: the toggles, or in Apply mode the last applied ones.
+
+    Read before the toggles are drawn (their values are in the session state already), so that the
+    efficiency of the mask can be shown above them. A new model starts from the link's mask, or none.
+    """
     n = lm.num_layers
-    if st.session_state.get("_mask_model") != lm.id:  # a new model: start from the URL's mask or none
+    if st.session_state.get("_mask_model") != lm.id:
         st.session_state["_mask_model"] = lm.id
         drop: list[int] = []
         raw = st.session_state.pop("_url_drop", "")
@@ -208,24 +226,95 @@ def _layer_panel(lm: LoadedModel, scores: ImportanceScores) -> tuple[int, ...]:
             except UserError as err:
                 st.sidebar.error(f"The link's mask was ignored: {err}")
         apply_mask(drop, n)
-    st.sidebar.subheader("Attention layers")
-    st.sidebar.caption("Switch a layer off to drop its attention. The number is its importance, "
-                       "1 - cos(x, x + attn(x)): the lowest are the most redundant.")
-    st.sidebar.number_input("Drop the k most redundant", min_value=0, max_value=n, value=4, step=1, key="drop_k",
-                            help="how many of the layers with the lowest importance scores to drop")
+    if not st.session_state.get("apply_mode"):
+        st.session_state["_mask"] = _toggled(n)
+    return st.session_state["_mask"]
+
+
+def _ranking(setup: Setup) -> tuple[list[int], list[float] | None, str]:
+    """The order the picker lists layers in, each layer's score if the order has one, and its name.
+
+    Any quick strategy, or the order of the last sweep run on the Trade-offs view (a greedy one too).
+    """
+    n = setup.lm.num_layers
+    sweep = st.session_state.get("sweep_order")
+    options = list(QUICK) + ([LAST_SWEEP] if sweep and sorted(sweep) == list(range(n)) else [])
+    if st.session_state.get("rank_by") not in options:
+        st.session_state["rank_by"] = QUICK[0]
+    name = st.sidebar.selectbox(
+        "Rank layers by", options, key="rank_by",
+        format_func=lambda o: f"the last sweep's order ({st.session_state.get('sweep_source', '')})"
+        if o == LAST_SWEEP else f"{o}: {STRATEGIES[o]}",
+        help="the order a strategy drops layers in: the first in the list are its safest drops. Greedy "
+             "strategies evaluate masks to choose: run one on the Trade-offs view, then rank by its order here.")
+    if name == LAST_SWEEP:
+        return list(sweep), None, "the last sweep"
+    order, scores = ranking(setup, name)
+    return order, scores, name
+
+
+def _layer_panel(setup: Setup, drop: tuple[int, ...]) -> list[int]:
+    """The ranked layer picker under the efficiency readout; returns the order it ranks by."""
+    n = setup.lm.num_layers
+    order, scores, name = _ranking(setup)
+    k = int(st.sidebar.number_input("Suggested drops", min_value=0, max_value=n, value=4, step=1, key="drop_k",
+                                    help="how many of the first layers in this order to suggest; they are "
+                                         "marked ★ below before you drop them"))
+    suggested = order[:k]
+    apply_mode = bool(st.session_state.get("apply_mode"))
 
     def drop_k() -> None:
-        apply_mask(scores.most_redundant(int(st.session_state["drop_k"])), n)
+        apply_mask(suggested, n, commit=not st.session_state.get("apply_mode"))
 
     cols = st.sidebar.columns(2)
-    cols[0].button("Drop them", key="drop_k_button", on_click=drop_k, width="stretch")
-    cols[1].button("Reset all", key="reset_button", on_click=lambda: apply_mask([], n), width="stretch")
+    cols[0].button(f"Drop the {k} ★", key="drop_k_button", on_click=drop_k, width="stretch",
+                   help=f"switch off layers {mask_label(suggested)}")
+    cols[1].button("Reset all", key="reset_button", width="stretch",
+                   on_click=lambda: apply_mask([], n, commit=not st.session_state.get("apply_mode")))
+    st.sidebar.toggle("Apply changes together", key="apply_mode", value=False,
+                      help="off: each switch is evaluated at once; on: switch several layers, then press Apply "
+                           "for one evaluation of them all")
+    if apply_mode:
+        draft = _toggled(n)
+        off, on = sorted(set(draft) - set(drop)), sorted(set(drop) - set(draft))
+        if off or on:
+            words = "; ".join(w for w in (f"drop {mask_label(off)}" if off else "",
+                                          f"restore {mask_label(on)}" if on else "") if w)
+            st.sidebar.warning(f"Not applied yet: {words}.")
+            a, b = st.sidebar.columns(2)
+            a.button(f"Apply {len(off) + len(on)} change{'s' * (len(off) + len(on) > 1)}", key="apply_button",
+                     type="primary", width="stretch",
+                     on_click=lambda: st.session_state.update(_mask=_toggled(n)))
+            b.button("Discard", key="discard_button", width="stretch", on_click=lambda: apply_mask(drop, n))
+    st.sidebar.caption(f"In {name} order, the safest to drop first"
+                       + (" (its score: lower is more redundant)" if scores else "")
+                       + ". Switch a layer off to drop its attention; ★ marks the suggested drops.",
+                       help="similarity: 1 - cos(x, x + attn(x)) over calibration texts (He et al. 2024); "
+                            "block-influence: 1 - cos(layer input, layer output) (ShortGPT)")
     for i in range(n):
         st.session_state.setdefault(_keep_key(i), True)
     grid = st.sidebar.columns(2)
-    for i in range(n):
-        grid[i % 2].toggle(f"{i} · {scores.scores[i]:.3f}", key=_keep_key(i))
-    return tuple(i for i in range(n) if not st.session_state[_keep_key(i)])
+    for rank, i in enumerate(order):
+        label = f"{i}" + (f" · {scores[i]:.3f}" if scores else "") + (" :orange[★]" if i in suggested else "")
+        grid[rank % 2].toggle(label, key=_keep_key(i))
+    return order
+
+
+def banner(ctx: Context) -> None:
+    """One line over every page: the mask and what it saves, and any switches not applied yet."""
+    e = efficiency(ctx.lm, ctx.drop, context=min(1000, ctx.lm.max_positions))
+    if not ctx.drop:
+        text = (f"**Full model**: all {e.layers} attention layers. Switch layers off in the sidebar, or drop the "
+                "★ suggested ones.")
+    else:
+        kv = ("" if ctx.lm.spec.encoder else
+              f", {e.kv_bytes_saved_per_1k_tokens / e.kv_bytes_per_1k_tokens:.0%} of the KV cache")
+        text = (f"**Mask: {len(ctx.drop)} of {e.layers} attention layers dropped** ({mask_label(ctx.drop)}): saves "
+                f"{e.parameters_saved_fraction:.1%} of the parameters, {e.flops_saved_fraction:.1%} of the FLOPs per "
+                f"token{kv}.")
+    if st.session_state.get("apply_mode") and _toggled(ctx.lm.num_layers) != ctx.drop:
+        text += " :orange[Layer switches not applied yet: press Apply in the sidebar.]"
+    st.caption(text)
 
 
 def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> Callable[[], None] | None:
@@ -233,18 +322,22 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> Callable[[], 
     takes seconds for a new mask and must not hold back the metrics), filling the place kept for it here."""
     context = min(1000, lm.max_positions)
     e = efficiency(lm, drop, context=context)
-    st.sidebar.subheader("Efficiency of this mask")
+    st.sidebar.caption(f"**Mask: {mask_label(drop) if drop else 'no layer dropped'}**")
     a, b = st.sidebar.columns(2)
     a.metric("attention layers kept", f"{e.layers_kept} / {e.layers}")
     b.metric("parameters saved", f"{e.parameters_saved_fraction:.1%}", f"{e.parameters_saved / 1e6:.2f} M",
-             delta_color="off")
+             delta_color="off", help="the dropped layers' attention weights (query, key, value, output), which a "
+                                     "pruned model no longer needs to store")
     a.metric("FLOPs saved / token", f"{e.flops_saved_fraction:.1%}", f"at {context:,} tokens of context",
-             delta_color="off")
+             delta_color="off", help="multiply-adds a token no longer needs: the attention projections and its "
+                                     "scores over the context")
     if lm.spec.encoder:
         b.metric("KV cache saved", "none", "an encoder keeps no KV cache", delta_color="off")
     else:
         b.metric("KV cache saved", f"{e.kv_bytes_saved_per_1k_tokens / 2**20:.1f} MiB",
-                 f"of {e.kv_bytes_per_1k_tokens / 2**20:.1f} MiB per 1,000 tokens", delta_color="off")
+                 f"of {e.kv_bytes_per_1k_tokens / 2**20:.1f} MiB per 1,000 tokens", delta_color="off",
+                 help="memory a generating model keeps per token of context for its attention; a dropped layer "
+                      "keeps none")
     if not st.sidebar.toggle("Measure latency", key="measure_latency", value=True,
                              help="time a forward pass of 128 tokens with and without the mask, in turns so that "
                                   "both run under the same load (median of 3), once the page is drawn"):
@@ -267,7 +360,7 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> Callable[[], 
 def _prefetch(ctx: Context, slot) -> None:
     """Ask for the likely next masks to be evaluated in the background, and say how many are ready."""
     config = ctx.eval_config(temperature=bool(st.session_state.get("temperature", False)))
-    masks = likely_next(ctx.scores.order, ctx.drop, int(st.session_state.get("drop_k") or 0) or None)
+    masks = likely_next(ctx.order, ctx.drop, int(st.session_state.get("drop_k") or 0) or None)
     PREFETCHER.request(ctx.setup, config, masks)
     ready = PREFETCHER.ready(ctx.setup, config, masks)
     slot.caption(f"Likely next masks ready: **{ready} of {len(masks)}** (evaluated in the background while you "
@@ -310,10 +403,6 @@ def sidebar() -> Context:
                                     "replace them by the pad / unknown token")
         image_format = st.radio("Chart downloads", ["png", "svg"], horizontal=True, key="image_format",
                                 help="the camera button above each chart saves this format")
-    scores = attention_scores(lm, calibration_texts(ds), cache=cache)
-    drop = _layer_panel(lm, scores)
-    prefetch_slot = st.sidebar.empty()
-    latency = _efficiency_readout(lm, drop)
     explain = ExplainConfig.make(explainer, removal=removal)
     try:
         explain.validate()
@@ -321,8 +410,14 @@ def sidebar() -> Context:
         st.sidebar.error(f"{err}; using 'delete'.")
         explain = ExplainConfig.make(explainer)
     setup = Setup(lm, ds, PromptConfig(style=style, seed=prompt_seed), refit_head=refit, cache=cache)
-    ctx = Context(setup=setup, n=n, explain=explain, drop=drop, scores=scores, image_format=image_format,
-                  after_page=[latency] if latency else [])
+    scores = attention_scores(lm, calibration_texts(ds), cache=cache)
+    st.sidebar.subheader("Attention layers")
+    drop = _current_mask(lm)
+    latency = _efficiency_readout(lm, drop)
+    order = _layer_panel(setup, drop)
+    prefetch_slot = st.sidebar.empty()
+    ctx = Context(setup=setup, n=n, explain=explain, drop=drop, scores=scores, order=order,
+                  image_format=image_format, after_page=[latency] if latency else [])
     if prefetch_enabled() and not refit:
         ctx.after_page.append(lambda: _prefetch(ctx, prefetch_slot))
     st.sidebar.download_button("Download run configuration (JSON)", json.dumps(ctx.run_config(), indent=2),

@@ -103,6 +103,9 @@ class Context:
     explain: ExplainConfig
     drop: tuple[int, ...]
     scores: ImportanceScores
+    """The similarity scores (the study's importance measure), whatever the picker ranks by."""
+    order: list[int] = field(default_factory=list)
+    """The order the layer picker ranks layers in (its first k are the suggested drops)."""
     image_format: str = "png"
     warnings: list[str] = field(default_factory=list)
     after_page: list[Callable[[], None]] = field(default_factory=list)

@@ -134,18 +134,30 @@ def live_results() -> Iterator[Callable[[str, PartialResult], None]]:
 # ---------------------------------------------------------------- charts and tables
 
 
-def chart(fig: go.Figure, name: str, ctx: Context, key: str | None = None) -> None:
-    """A plotly chart whose camera button downloads ``name`` in the chosen format (PNG or SVG)."""
+def chart(fig: go.Figure, name: str, ctx: Context, key: str | None = None, selectable: bool = False) -> list[dict]:
+    """A plotly chart whose camera button downloads ``name`` in the chosen format (PNG or SVG).
+
+    ``selectable``: clicking a point reruns the page; the selected points are returned (else nothing).
+    """
     config = {"displaylogo": False, "toImageButtonOptions": {"format": ctx.image_format, "filename": name,
                                                              "scale": 2 if ctx.image_format == "png" else 1}}
-    st.plotly_chart(fig, config=config, key=key or f"chart-{name}", width="stretch")
+    event = st.plotly_chart(fig, config=config, key=key or f"chart-{name}", width="stretch",
+                            **({"on_select": "rerun", "selection_mode": "points"} if selectable else {}))
+    return list(event.selection.points) if selectable and event else []
 
 
-def table(df: pd.DataFrame, name: str, key: str | None = None, **kwargs: object) -> None:
-    """A table with a CSV download button under it."""
-    st.dataframe(df, width="stretch", **kwargs)
+def table(df: pd.DataFrame, name: str, key: str | None = None, selectable: bool = False,
+          **kwargs: object) -> list[int]:
+    """A table with a CSV download button under it.
+
+    ``selectable``: a row can be clicked (it reruns the page); the selected rows' positions are returned.
+    """
+    event = st.dataframe(df, width="stretch", **kwargs, **(
+        {"on_select": "rerun", "selection_mode": "single-row", "key": f"rows-{name}"} if selectable else {}))
+    rows = list(event.selection.rows) if selectable and event else []
     st.download_button(f"Download {name}.csv", df.to_csv(index=kwargs.get("hide_index") is not True),
                        file_name=f"{name}.csv", mime="text/csv", key=key or f"csv-{name}")
+    return rows
 
 
 # ---------------------------------------------------------------- metrics

@@ -79,6 +79,8 @@ with ui.guard("the calibration view"):
                    "miscalibrated beyond noise; inside, the gap may be chance.")
     with right:
         ui.chart(confidence_histogram(confidences), "confidence-histogram", ctx)
+        st.caption("How sure the model is, over the examples: a pruned model that shifts this to the right is "
+                   "more confident; whether it is also more often right is the diagram's question.")
     st.subheader("Metrics")
     st.caption(f"ECE: the gap between confidence and accuracy, averaged over {cal.DEFAULT_BINS} equal-width "
                "confidence bins, weighted by the examples in each. Adaptive ECE uses equal-count bins; MCE is the "

@@ -8,8 +8,9 @@ from core.errors import UserError
 from core.metrics import FAITHFULNESS
 from core.study.figures import pareto_scatter, tradeoff_curves
 from core.study.report import check_sweep_table, render
-from core.study.strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig, layer_order
-from core.study.sweep import PointConfig, evaluate_point, mask_label, points, readable, sweep, sweep_order
+from core.study.strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig
+from core.study.sweep import PointConfig, evaluate_point, mask_label, points, readable, sweep_order
+from ui import sweeps
 
 ctx = ui.context()
 st.title("Trade-offs: what does each dropped layer cost?")
@@ -37,16 +38,17 @@ with ui.guard("the trade-offs view"):
                    w[2].number_input("weight: comprehensiveness loss", 0.0, 10.0, 1.0, key="w_comp"))
     strategy = StrategyConfig(name=name, steps=max_drop, weights=weights)
     current = mask_label(ctx.drop)
-    if c[3].button("Run sweep", type="primary", key="run_sweep", width="stretch"):
-        with ui.stage_bar(lambda what, done, total: what) as show:
-            order = layer_order(ctx.setup, strategy, progress=show)
-            result = sweep(ctx.setup, order, max_drop, config, progress=show)
-        st.session_state["sweep_table"] = result
-        st.session_state["sweep_order"] = order
-        st.session_state["sweep_source"] = f"{name}, run here"
-    if st.button(f"Evaluate the current mask ({current})", key="eval_current"):
+    running = (job := sweeps.job()) is not None and job.running
+    st.markdown(f"This sweep: {sweeps.estimate(ctx, strategy, max_drop, config)}")
+    b1, b2 = st.columns([1, 2])
+    if b1.button("Run sweep", type="primary", key="run_sweep", width="stretch", disabled=running,
+                 help="runs in the background: you can change settings or leave this page meanwhile"):
+        sweeps.start(ctx, strategy, max_drop, config, f"{name}, run here")
+        st.rerun()
+    if b2.button(f"Evaluate the current mask ({current})", key="eval_current"):
         with ui.progress_bar("current mask") as update:
             evaluate_point(ctx.setup, ctx.drop, config, lambda what, done, total: update(done, total))
+    sweeps.status(ctx)
 
     with st.expander("Open a sweep table written by `python -m core sweep`"):
         uploaded = st.file_uploader("sweep CSV", type=["csv"], key="sweep_upload")
@@ -72,23 +74,33 @@ with ui.guard("the trade-offs view"):
         ui.chart(tradeoff_curves(table, current=prefix[0] if prefix else None), "tradeoff-curves", ctx)
         st.caption("Shaded: 95% intervals over the test examples. Each change from the full model is paired over "
                    "the same examples and is beyond noise only when its interval excludes 0.")
-        st.dataframe(readable(table), hide_index=True, width="stretch")
-        ui.table(table.round(4), "sweep", hide_index=True)
+        st.caption("Click a row to set the sidebar's mask to it.")
+        rows = ui.table(readable(table), "sweep", hide_index=True, selectable=True)
+        sweeps.use_mask_button(ctx, table["layers"].iloc[rows[0]] if rows else None, "use_sweep_row")
+        with st.expander("Every column of the sweep"):
+            ui.table(table.round(4), "sweep-all-columns", hide_index=True)
         settings = {"sweep": st.session_state.get("sweep_source", ""), "order": list(order), **ctx.run_config()}
         st.download_button("Download report (HTML)", render(table, settings), file_name="sweep-report.html",
                            mime="text/html", key="download_report",
                            help="the command line's report: the curves, the table, the metrics and these settings, "
                                 "in one file that opens with no network")
     else:
-        st.info("Run a sweep to draw the curves. Every mask it evaluates is cached: a second run, or the same "
-                "masks in another view, costs nothing.")
+        st.info("Run a sweep to draw the curves: the estimate above says how long it takes. Every mask it "
+                "evaluates is cached: a second run, or the same masks in another view, costs nothing.")
 
     st.subheader("Accuracy against faithfulness, every mask evaluated so far")
     measure = st.radio("Faithfulness", list(FAITHFULNESS), horizontal=True, key="pareto_measure")
     seen = points(ctx.setup, config)
     seen = seen[seen[measure].notna()].rename(columns={"layers": "mask"})
-    ui.chart(pareto_scatter(seen, measure, current=current), "accuracy-vs-faithfulness", ctx)
+    picked = ui.chart(pareto_scatter(seen, measure, current=current), "accuracy-vs-faithfulness", ctx,
+                      selectable=True)
+    labels = [p["customdata"] for p in picked if isinstance(p.get("customdata"), str)]
+    sweeps.use_mask_button(ctx, labels[0] if labels else None, "use_pareto_point")
     if not seen.empty:
-        ui.table(seen.round(4), "masks-evaluated", hide_index=True)
+        st.caption("Click a point (or a row below) to set the sidebar's mask to it. Bars: 95% intervals.")
+        rows = ui.table(seen.round(4), "masks-evaluated", hide_index=True, selectable=True)
+        sweeps.use_mask_button(ctx, seen["mask"].iloc[rows[0]] if rows else None, "use_seen_row")
+    else:
+        st.info("No mask has faithfulness yet: run a sweep with faithfulness, or evaluate the current mask.")
     if current not in set(seen["mask"]):
         st.caption("The current mask is not among them yet: evaluate it with the button above.")
