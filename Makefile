@@ -1,13 +1,14 @@
 # make app   - set up (virtual environment, pinned packages, embedded model and data) and start the app
 # make test  - set up the same way and run the whole test suite (what CI runs)
 # make check - lint and the tests not marked slow (about a minute): the edit-test loop
+# make screenshots - run the browser test and copy its screenshots to docs/img (the README's pictures)
 # make gemma - opt-in: install Gemma-3-270m (Gemma Terms of Use), which the default setup leaves out
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser app test check lint bench clean gemma
+.PHONY: setup browser app test check lint bench clean gemma screenshots
 
 setup: $(STAMP)
 
@@ -48,6 +49,11 @@ test: setup browser
 check: setup
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest -ra -m "not slow"
+
+screenshots: setup browser
+	$(BIN)/python -m pytest -q tests/test_browser.py
+	mkdir -p docs/img
+	cp artifacts/app-start-tour.png artifacts/app-calibration-pruned.png artifacts/app-explanations.png docs/img/
 
 lint: setup
 	$(BIN)/python -m ruff check .
