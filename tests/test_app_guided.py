@@ -58,7 +58,7 @@ def test_the_start_view_tours_drop_flips_and_a_small_sweep(module_results) -> No
     # step 3: the estimate, then the sweep in the background, its curves and the verdict per metric
     assert "7 masks (0 to 6 layers dropped, in the sidebar's order)" in _texts(at.markdown)
     at.button(key="tour_sweep").click().run()
-    assert "The small sweep running" in _texts(at.markdown)
+    assert "Sweep running (the small sweep of the Start view)" in _texts(at.markdown)
     _finish_sweep(at)
     assert not at.exception and at.get("plotly_chart")
     assert "changed beyond noise with" in _texts(at.markdown) and "**7 cached, 0 to compute**" in _texts(at.markdown)

@@ -69,7 +69,7 @@ def start(ctx: Context, strategy: StrategyConfig, max_drop: int, config: PointCo
     st.session_state["_sweep_job_taken"] = False
 
 
-def status(ctx: Context, title: str = "Sweep") -> None:
+def status() -> None:
     """The current sweep's status lines (redrawn every second while it runs, with Stop); once it ends, its
     table becomes the one the page draws."""
     j = job()
@@ -87,7 +87,8 @@ def status(ctx: Context, title: str = "Sweep") -> None:
         done = sum(1 for line in j.lines if line.state in ("computed", "from the cache"))
         with st.container(border=True):
             left, right = st.columns([4, 1])
-            left.markdown(f"**{title} running: {done} of {len(j.lines)} masks done** after "
+            source = st.session_state.get("_sweep_job_source", j.strategy.name)
+            left.markdown(f"**Sweep running ({source}): {done} of {len(j.lines)} masks done** after "
                           f"{_duration(time.time() - j.started)}. It goes on if you change a setting or leave this "
                           "page; every finished mask is cached.")
             right.button("Stop", key="sweep_stop", on_click=j.stop, width="stretch",

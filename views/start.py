@@ -14,7 +14,7 @@ from ui import sweeps
 ctx = ui.context()
 SMALL_SWEEP = min(6, ctx.lm.num_layers)  # layers the tour's sweep drops, at most
 SOURCE = "the small sweep of the Start view"
-k = int(st.session_state.get("drop_k") or 4)
+k = int(st.session_state.get("drop_k", 4))
 suggested = ctx.order[:k]
 
 st.title("Can a pruned language model still be trusted?")
@@ -33,7 +33,9 @@ with ui.guard("the start view"):
         f"The layers whose attention barely changes the text's representation are the safest to drop. The sidebar "
         f"lists the layers in that order and marks the **{k} suggested** with ★: layers "
         f"**{mask_label(suggested)}**.")
-    if tuple(sorted(ctx.drop)) != tuple(sorted(suggested)):
+    if not suggested:
+        st.info("The sidebar suggests no layer (Suggested drops is 0): set it to 4, say, to follow this step.")
+    elif tuple(sorted(ctx.drop)) != tuple(sorted(suggested)):
         st.button(f"Drop the {k} suggested layers", key="tour_drop", type="primary",
                   on_click=lambda: ui.apply_mask(suggested, ctx.lm.num_layers),
                   help="switches them off in the sidebar; every view then compares this pruned model with the full one")
@@ -83,7 +85,7 @@ with ui.guard("the start view"):
                  help="runs in the background; every mask is cached, so it is free the second time"):
         sweeps.start(ctx, strategy, SMALL_SWEEP, config, SOURCE, latency=False, order=ctx.order)
         st.rerun()
-    sweeps.status(ctx, "The small sweep")
+    sweeps.status()
     table = st.session_state.get("sweep_table")
     if table is None:
         st.info("Press the button to run it; the curves and the lesson appear here.")

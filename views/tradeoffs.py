@@ -48,7 +48,7 @@ with ui.guard("the trade-offs view"):
     if b2.button(f"Evaluate the current mask ({current})", key="eval_current"):
         with ui.progress_bar("current mask") as update:
             evaluate_point(ctx.setup, ctx.drop, config, lambda what, done, total: update(done, total))
-    sweeps.status(ctx)
+    sweeps.status()
 
     with st.expander("Open a sweep table written by `python -m core sweep`"):
         uploaded = st.file_uploader("sweep CSV", type=["csv"], key="sweep_upload")

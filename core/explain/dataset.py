@@ -4,10 +4,13 @@ An explanation is cached under the model, the data, the example, the prompt, the
 the explainer with all its parameters, the granularity and the removal; its ERASER curves under
 all of that plus the k values. Faithfulness over a data set also scores the seeded random
 explainer on the same examples, so that every figure can be read against "no better than chance".
+
+A text typed by the user is explained the same way, as an `Example` made by `typed_example`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +73,34 @@ def pick_example(dataset: Dataset, split: str, index: int) -> Example:
     return examples[index]
 
 
+TYPED_PREFIX = "typed-"
+NO_LABEL = -1
+"""The label of a typed text: it has none (explanations and faithfulness use the predicted answer only)."""
+
+
+def typed_example(setup: Setup, text: str) -> Example:
+    """A text typed by the user as an `Example` of ``setup``'s data set, to explain like one of its own.
+
+    Its id is ``typed-`` and a hash of the text, so the result cache keeps it apart from every data
+    set example and finds it again when the same text is typed. A text longer than the model's input
+    window is refused rather than silently cut (a data set's examples are truncated, as scoring does).
+    """
+    if setup.ds.task == "multiple-choice":
+        raise UserError(f"'{setup.ds.name}' is a multiple-choice data set: a typed text has no options to answer "
+                        "with; pick one of its examples instead")
+    text = text.strip()
+    builder = setup.builder()
+    try:
+        n_tokens = len(text_features(setup.lm.tokenizer, text).ids)
+    except UserError as err:  # an empty text: "the input text has no words to explain", as for an example
+        raise UserError(f"your own text: {err}") from None
+    if n_tokens > builder.max_text_tokens:
+        raise UserError(f"the text is {n_tokens} tokens long; at most {builder.max_text_tokens} fit in the input "
+                        f"of {setup.lm.name} with this prompt: shorten it")
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+    return Example(id=f"{TYPED_PREFIX}{digest}", text=text, label=NO_LABEL)
+
+
 class DatasetExplainer:
     """Explains examples of a setup's data set under one mask and explainer configuration, through the cache."""
 
@@ -96,6 +127,33 @@ class DatasetExplainer:
                          explainer=explainer, params=params, granularity=self.config.granularity,
                          removal=self.config.removal, version=EXPLAINER_VERSION, **extra)
 
+    def _faithfulness_key(self, example: Example, explainer: str, params: dict) -> str:
+        return self._key("faithfulness", example, explainer, params, k=list(self.config.k_percents),
+                         metric=METRIC_VERSION)
+
+    def _params(self, explainer: str, seed: int | None) -> dict[str, object]:
+        """The parameters ``explainer`` runs with here: the configured ones, ``seed`` replacing its seed."""
+        params = self.config.resolved_params() if explainer == self.config.explainer else resolve_params(explainer)
+        if seed is not None and "seed" in params:
+            params = {**params, "seed": seed}
+        return params
+
+    def is_cached(self, example: Example, explainer: str | None = None, seed: int | None = None,
+                  faithfulness: bool = False) -> bool:
+        """Whether `explain` with these arguments would read the cache (nothing to compute); reads no model.
+
+        With ``faithfulness``, the explanation's ERASER curves (`faithfulness`) must be cached too.
+        A damaged entry counts as absent, as it does for `explain`.
+        """
+        if self.cache is None:
+            return False
+        name = explainer or self.config.explainer
+        params = self._params(name, seed)
+        if self.cache.load(self._key("explanation", example, name, params), Attribution.from_dict) is None:
+            return False
+        return not faithfulness or self.cache.load(self._faithfulness_key(example, name, params),
+                                                   Faithfulness.from_dict) is not None
+
     def explain(self, example: Example, explainer: str | None = None, seed: int | None = None
                 ) -> tuple[Attribution, bool]:
         """The example's attribution (``explainer`` defaults to the configured one) and whether it was cached.
@@ -103,9 +161,7 @@ class DatasetExplainer:
         ``seed`` replaces the explainer's seed parameter (for explainers that have one).
         """
         name = explainer or self.config.explainer
-        params = self.config.resolved_params() if name == self.config.explainer else resolve_params(name)
-        if seed is not None and "seed" in params:
-            params = {**params, "seed": seed}
+        params = self._params(name, seed)
         key = self._key("explanation", example, name, params)
         if self.cache is not None and (hit := self.cache.load(key, Attribution.from_dict)) is not None:
             return hit, True
@@ -129,8 +185,7 @@ class DatasetExplainer:
         todo: list[int] = []
         keys = []
         for i, (ex, a) in enumerate(zip(examples, attributions, strict=True)):
-            key = self._key("faithfulness", ex, a.explainer, a.params, k=list(self.config.k_percents),
-                            metric=METRIC_VERSION)
+            key = self._faithfulness_key(ex, a.explainer, a.params)
             keys.append(key)
             hit = self.cache.load(key, Faithfulness.from_dict) if self.cache is not None else None
             out.append(hit)

@@ -7,7 +7,10 @@ Every front end that sets two masks side by side (the Calibration, Explanations 
   metric of `core.metrics`) and a per-example table (predictions, confidence, flips);
 * `compare_explanations`: one example explained under both masks with the same explainer, each
   explanation's ERASER faithfulness on its own model, the agreement between the two and, on
-  request, the seeded random explainer's faithfulness on the base model as a floor.
+  request, the seeded random explainer's faithfulness on the base model as a floor;
+  `explanations_cached` says whether it would only read the cache;
+* `explainer_table`: one example explained by every explainer under the full model and a mask,
+  their faithfulness, agreement and cost side by side, with the random explainer as reference.
 
 The base mask is the full model by default; any two masks can be compared.
 """
@@ -22,12 +25,12 @@ import pandas as pd
 
 from ..errors import UserError
 from ..explain.agreement import Agreement, agreement
-from ..explain.dataset import RANDOM, DatasetExplainer, ExplainConfig, sampling
+from ..explain.dataset import RANDOM, RANDOM_DRAWS, DatasetExplainer, ExplainConfig, sampling
 from ..explain.faithfulness import Faithfulness
-from ..explain.methods import Attribution
+from ..explain.methods import EXPLAINERS, Attribution
 from ..metrics import CALIBRATION, METRICS
 from ..model.pruning import validate_mask
-from ..progress import StageProgress
+from ..progress import Progress, StageProgress
 from ..task.calibration import CalibrationReport
 from ..task.data import Example
 from ..task.evaluation import EvalConfig, EvalResult, PartialResult, evaluate
@@ -368,6 +371,14 @@ class ExplanationComparison:
         return self.answers[attribution.predicted]
 
 
+def _run_seeds(config: ExplainConfig, seeds: int) -> list[int | None]:
+    """The seeds each mask is explained under: the configured one and the next ones, or one run without a seed."""
+    if seeds < 1:
+        raise UserError(f"the number of explainer seeds must be at least 1 (got {seeds})")
+    first = int(config.resolved_params().get("seed", 0))  # type: ignore[call-overload]
+    return [first + i for i in range(seeds)] if sampling(config.explainer) else [None]
+
+
 def compare_explanations(setup: Setup, drop: Sequence[int], example: Example, config: ExplainConfig | None = None,
                          split: str = "test", base: Sequence[int] = (), with_random: bool = False, seeds: int = 1
                          ) -> ExplanationComparison:
@@ -377,12 +388,9 @@ def compare_explanations(setup: Setup, drop: Sequence[int], example: Example, co
     the explainer samples; a deterministic explainer runs once whatever ``seeds`` says.
     """
     config = config or ExplainConfig()
-    if seeds < 1:
-        raise UserError(f"the number of explainer seeds must be at least 1 (got {seeds})")
+    run_seeds = _run_seeds(config, seeds)
     drop = validate_mask(drop, setup.lm.num_layers)
     base = validate_mask(base, setup.lm.num_layers)
-    first_seed = int(config.resolved_params().get("seed", 0))  # type: ignore[call-overload]
-    run_seeds = [first_seed + i for i in range(seeds)] if sampling(config.explainer) else [None]
 
     def runs(explainer: DatasetExplainer) -> tuple[list[Attribution], bool]:
         done = [explainer.explain(example, seed=s) for s in run_seeds]
@@ -402,3 +410,68 @@ def compare_explanations(setup: Setup, drop: Sequence[int], example: Example, co
         out.random, _ = first.explain(example, RANDOM)
         out.random_faithfulness = first.random_baseline([example])[0][0]
     return out
+
+
+def explanations_cached(setup: Setup, drop: Sequence[int], example: Example, config: ExplainConfig | None = None,
+                        split: str = "test", base: Sequence[int] = (), with_random: bool = False, seeds: int = 1
+                        ) -> bool:
+    """Whether `compare_explanations` with the same arguments would only read the cache (nothing to compute).
+
+    It reads cache entries and explains nothing, so a front end can draw what is cached at once and
+    leave the rest (seconds to minutes per explanation on a CPU) to an explicit request.
+    """
+    config = config or ExplainConfig()
+    run_seeds = _run_seeds(config, seeds)
+    drop = validate_mask(drop, setup.lm.num_layers)
+    base = validate_mask(base, setup.lm.num_layers)
+    first = DatasetExplainer(setup, base, config, split)
+    sides = [first] if drop == base else [first, DatasetExplainer(setup, drop, config, split)]
+    # faithfulness is scored for each mask's first run only
+    if not all(side.is_cached(example, seed=s, faithfulness=i == 0) for side in sides
+               for i, s in enumerate(run_seeds)):
+        return False
+    return not with_random or all(first.is_cached(example, RANDOM, s, faithfulness=True) for s in range(RANDOM_DRAWS))
+
+
+def explainer_table(setup: Setup, drop: Sequence[int], example: Example, removal: str = "delete",
+                    progress: Progress | None = None, split: str = "test") -> pd.DataFrame:
+    """Every explainer but the random one on ``example``, for the full model and under ``drop``: one row each.
+
+    Columns: each side's AOPC comprehensiveness and sufficiency (on the model explained) and their change
+    (pruned - full), the two explanations' Spearman agreement, the seconds each explanation took when it
+    was computed (a cached one keeps that time) and whether everything came from the cache. A last row
+    is the reference: the random explainer's faithfulness on each side (mean of `RANDOM_DRAWS` draws).
+    Explainers with a seed run under their default one. ``progress`` gets (explainers done, total).
+    """
+    drop = validate_mask(drop, setup.lm.num_layers)
+    names = [name for name in EXPLAINERS if name != RANDOM]
+    total = len(names) + 1
+    rows = []
+
+    def faithfulness_columns(a: Faithfulness, b: Faithfulness) -> dict[str, float]:
+        return {"comprehensiveness, full": a.comprehensiveness, "comprehensiveness, pruned": b.comprehensiveness,
+                "comprehensiveness change": b.comprehensiveness - a.comprehensiveness,
+                "sufficiency, full": a.sufficiency, "sufficiency, pruned": b.sufficiency,
+                "sufficiency change": b.sufficiency - a.sufficiency}
+
+    for done, name in enumerate(names):
+        c = compare_explanations(setup, drop, example, ExplainConfig.make(name, removal=removal), split)
+        g = c.agreement
+        rows.append({"explainer": EXPLAINERS[name].title,
+                     **faithfulness_columns(c.base_faithfulness, c.second_faithfulness),
+                     "Spearman, full vs pruned": g.spearman if g is not None else None,
+                     "seconds, full": c.base.seconds, "seconds, pruned": c.second.seconds,
+                     "from cache": c.base_cached and (c.other is None or c.other_cached)})
+        if progress is not None:
+            progress(done + 1, total)
+    random_config = ExplainConfig.make(RANDOM, removal=removal)
+    masks = [(), drop] if drop else [()]
+    baselines = [DatasetExplainer(setup, mask, random_config, split).random_baseline([example]) for mask in masks]
+    (a,), hit_a = baselines[0]
+    (b,), hit_b = baselines[-1]
+    rows.append({"explainer": f"{EXPLAINERS[RANDOM].title} (reference, mean of {RANDOM_DRAWS} draws)",
+                 **faithfulness_columns(a, b), "Spearman, full vs pruned": None,
+                 "seconds, full": None, "seconds, pruned": None, "from cache": hit_a and hit_b})
+    if progress is not None:
+        progress(total, total)
+    return pd.DataFrame(rows)
