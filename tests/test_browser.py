@@ -138,6 +138,7 @@ def test_the_start_view_drops_the_suggested_layers(server: str, browser) -> None
     _wait(browser, lambda d: "4 attention layers dropped: right" in _main_text(d) and _idle(d), 600,
           "the pruned model's verdict")
     assert "predictions flipped" in _main_text(browser) and "drop=" in browser.current_url
+    time.sleep(1)  # the previous run's elements fade out after the run
     browser.save_screenshot(str(ARTIFACTS / "app-start-tour.png"))
 
 

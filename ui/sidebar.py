@@ -244,9 +244,10 @@ def _ranking(setup: Setup) -> tuple[list[int], list[float] | None, str]:
     name = st.sidebar.selectbox(
         "Rank layers by", options, key="rank_by",
         format_func=lambda o: f"the last sweep's order ({st.session_state.get('sweep_source', '')})"
-        if o == LAST_SWEEP else f"{o}: {STRATEGIES[o]}",
-        help="the order a strategy drops layers in: the first in the list are its safest drops. Greedy "
-             "strategies evaluate masks to choose: run one on the Trade-offs view, then rank by its order here.")
+        if o == LAST_SWEEP else o,
+        help="the order a strategy drops layers in: the first in the list are its safest drops. "
+             + "; ".join(f"{q}: {STRATEGIES[q]}" for q in QUICK) + ". Greedy strategies evaluate masks to "
+             "choose: run one on the Trade-offs view, then rank by its order here.")
     if name == LAST_SWEEP:
         return list(sweep), None, "the last sweep"
     order, scores = ranking(setup, name)
@@ -325,12 +326,12 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> Callable[[], 
     st.sidebar.caption(f"**Mask: {mask_label(drop) if drop else 'no layer dropped'}**")
     a, b = st.sidebar.columns(2)
     a.metric("attention layers kept", f"{e.layers_kept} / {e.layers}")
-    b.metric("parameters saved", f"{e.parameters_saved_fraction:.1%}", f"{e.parameters_saved / 1e6:.2f} M",
+    b.metric("params saved", f"{e.parameters_saved_fraction:.1%}", f"{e.parameters_saved / 1e6:.2f} M",
              delta_color="off", help="the dropped layers' attention weights (query, key, value, output), which a "
                                      "pruned model no longer needs to store")
-    a.metric("FLOPs saved / token", f"{e.flops_saved_fraction:.1%}", f"at {context:,} tokens of context",
-             delta_color="off", help="multiply-adds a token no longer needs: the attention projections and its "
-                                     "scores over the context")
+    a.metric("FLOPs saved", f"{e.flops_saved_fraction:.1%}", f"at {context:,} tokens of context",
+             delta_color="off", help="per token: the multiply-adds it no longer needs, the attention "
+                                     "projections and its scores over the context")
     if lm.spec.encoder:
         b.metric("KV cache saved", "none", "an encoder keeps no KV cache", delta_color="off")
     else:

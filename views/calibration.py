@@ -3,7 +3,7 @@
 import streamlit as st
 
 import ui
-from core.metrics import CALIBRATION
+from core.metrics import CALIBRATION, METRICS
 from core.study.compare import across_prompt_seeds, compare_results, mask_name, seed_spread
 from core.study.figures import confidence_histogram, reliability_diagram
 from core.task import calibration as cal
@@ -86,6 +86,10 @@ with ui.guard("the calibration view"):
                "confidence bins, weighted by the examples in each. Adaptive ECE uses equal-count bins; MCE is the "
                "worst bin. "
                + ui.direction_note(CALIBRATION))
+    with st.expander("What each metric means"):
+        st.markdown("\n".join(f"- **{METRICS[k].title}** ({METRICS[k].better} is better, from "
+                               f"{METRICS[k].range[0]:g} to {METRICS[k].range[1]:g}): {METRICS[k].meaning}"
+                               for k in CALIBRATION))
     if pruned is None:
         intervals = full.intervals()
         table = c.metrics_table().assign(**{"95% CI": [
