@@ -111,10 +111,11 @@ def _wait(driver, condition, timeout: float, what: str):
 
 
 def _idle(driver) -> bool:
-    """No script run in progress (the status widget shows 'Running...' while one is)."""
+    """No script run in progress (the status widget shows 'Running...' while one is), and no element of an
+    earlier run left fading out."""
     from selenium.webdriver.common.by import By
 
-    return not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']")
+    return not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget'], [data-stale='true']")
 
 
 def _main_text(driver) -> str:
@@ -138,7 +139,6 @@ def test_the_start_view_drops_the_suggested_layers(server: str, browser) -> None
     _wait(browser, lambda d: "4 attention layers dropped: right" in _main_text(d) and _idle(d), 600,
           "the pruned model's verdict")
     assert "predictions flipped" in _main_text(browser) and "drop=" in browser.current_url
-    time.sleep(1)  # the previous run's elements fade out after the run
     browser.save_screenshot(str(ARTIFACTS / "app-start-tour.png"))
 
 

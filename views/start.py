@@ -48,7 +48,7 @@ with ui.guard("the start view"):
         st.markdown(ui.verdict_line(c, names))
         ui.metrics_row(c, ctx.lm.num_layers, len(ctx.drop))
         st.caption("Each tile: the pruned model's value, its 95% interval, and its change from the full model with "
-                   "the paired interval over the same examples. Hover a tile's ⓘ for what it measures.")
+                   "the paired interval over the same examples. Hover a tile's question mark for what it measures.")
     else:
         st.info("No layer is dropped yet: press the button above (or switch layers off in the sidebar).")
 
