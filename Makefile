@@ -64,6 +64,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_models.py
 	$(BIN)/python benchmarks/bench_compare.py
 	$(BIN)/python benchmarks/bench_gpu.py
+	$(BIN)/python benchmarks/bench_sweep_estimate.py
 
 clean:
 	rm -rf $(VENV)
