@@ -58,7 +58,8 @@ def test_the_start_view_tours_drop_flips_and_a_small_sweep(module_results) -> No
     # step 3: the estimate, then the sweep in the background, its curves and the verdict per metric
     assert "7 masks (0 to 6 layers dropped, in the sidebar's order)" in _texts(at.markdown)
     at.button(key="tour_sweep").click().run()
-    assert "Sweep running (the small sweep of the Start view)" in _texts(at.markdown)
+    assert ("Sweep running (the small sweep of the Start view, smollm2-135m-instruct on movie-reviews, n = 40)"
+            in _texts(at.markdown))
     _finish_sweep(at)
     assert not at.exception and at.get("plotly_chart")
     assert "changed beyond noise with" in _texts(at.markdown) and "**7 cached, 0 to compute**" in _texts(at.markdown)
@@ -110,6 +111,9 @@ def test_a_sweep_is_estimated_runs_in_the_background_and_a_row_sets_the_mask(mod
     assert "4 masks (0 to 3 layers dropped, in similarity order): **3 cached, 1 to compute**, about" in _texts(
         at.markdown)
     assert "s per mask, the median of the last 3 computed with these settings" in _texts(at.markdown)
+    # the picker can now rank by this sweep's order
+    ranks = at.selectbox(key="rank_by").options
+    assert any(o.startswith("the last sweep's order (similarity, run here") for o in ranks), ranks
     table = next(d.value for d in at.dataframe if "accuracy: change from full" in d.value.columns)
     assert list(table["layers"]) == ["none", "26", "25,26"]
     at.session_state["rows-sweep"] = {"selection": {"rows": [2], "columns": [], "cells": []}}

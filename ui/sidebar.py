@@ -238,7 +238,8 @@ def _ranking(setup: Setup) -> tuple[list[int], list[float] | None, str]:
     """
     n = setup.lm.num_layers
     sweep = st.session_state.get("sweep_order")
-    options = list(QUICK) + ([LAST_SWEEP] if sweep and sorted(sweep) == list(range(n)) else [])
+    ours = st.session_state.get("sweep_model") == setup.lm.id  # a sweep run here on this model (not a file's)
+    options = list(QUICK) + ([LAST_SWEEP] if ours and sweep and sorted(sweep) == list(range(n)) else [])
     if st.session_state.get("rank_by") not in options:
         st.session_state["rank_by"] = QUICK[0]
     name = st.sidebar.selectbox(

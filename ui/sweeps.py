@@ -65,7 +65,7 @@ def start(ctx: Context, strategy: StrategyConfig, max_drop: int, config: PointCo
     if (old := job()) is not None and old.running:
         old.stop()
     st.session_state[JOB] = SweepJob(ctx.setup, strategy, max_drop, config, latency=latency, order=order).start()
-    st.session_state["_sweep_job_source"] = source
+    st.session_state["_sweep_job_source"] = f"{source}, {ctx.lm.name} on {ctx.ds.name}, n = {ctx.n}"
     st.session_state["_sweep_job_taken"] = False
 
 
@@ -76,7 +76,8 @@ def status() -> None:
     if j is None:
         return
     if not j.running:
-        _take(j)
+        if _take(j):
+            st.rerun()  # once, so that the sidebar (drawn before this) can rank layers by the new sweep's order
         _summary(j)
         return
 
@@ -110,13 +111,14 @@ def _summary(j: SweepJob) -> None:
         st.dataframe(j.status(), hide_index=True, width="stretch")
 
 
-def _take(j: SweepJob) -> None:
-    """Make a finished job's rows the page's sweep table (once)."""
+def _take(j: SweepJob) -> bool:
+    """Make a finished job's rows the page's sweep table (once); whether it did now."""
     if st.session_state.get("_sweep_job_taken") or not j.rows:
-        return
+        return False
     st.session_state["_sweep_job_taken"] = True
-    st.session_state.update(sweep_table=j.table(), sweep_order=list(j.order or []),
+    st.session_state.update(sweep_table=j.table(), sweep_order=list(j.order or []), sweep_model=j.setup.lm.id,
                             sweep_source=st.session_state.get("_sweep_job_source", j.strategy.name))
+    return True
 
 
 def use_mask_button(ctx: Context, label: str | None, key: str) -> None:

@@ -62,7 +62,7 @@ with ui.guard("the trade-offs view"):
                 st.error(f"'{uploaded.name}' could not be read as CSV ({err}). The curves below are unchanged.")
             else:
                 st.session_state.update(sweep_table=loaded, sweep_order=sweep_order(loaded),
-                                        sweep_source=uploaded.name)
+                                        sweep_source=uploaded.name, sweep_model=None)
         st.caption("Its curves and table are drawn below, with the current mask marked if it is one of its "
                    "steps, until the next sweep is run here.")
 
