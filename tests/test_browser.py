@@ -142,6 +142,26 @@ def test_the_start_view_drops_the_suggested_layers(server: str, browser) -> None
     browser.save_screenshot(str(ARTIFACTS / "app-start-tour.png"))
 
 
+def test_the_start_view_runs_its_small_sweep_with_a_live_status(server: str, browser) -> None:
+    import re
+
+    browser.get(server + "/?n=40")  # a small sample: the sweep's seven masks take seconds
+    _wait(browser, lambda d: "Run the small sweep" in _main_text(d) and _idle(d), 600, "the start view")
+    _click_button(browser, "Run the small sweep")
+    seen: set[int] = set()
+
+    def finished(d) -> bool:
+        text = _main_text(d)
+        if found := re.search(r"Sweep running \(the small sweep of the Start view.*?\): (\d) of 7 masks done", text):
+            seen.add(int(found.group(1)))
+        return "In this sweep (40 examples" in text and _idle(d)
+
+    _wait(browser, finished, 600, "the small sweep's curves")
+    # the status line was redrawn while the sweep ran in the background, then the results replaced it
+    assert seen and "Sweep running" not in _main_text(browser), seen
+    browser.save_screenshot(str(ARTIFACTS / "app-start-sweep.png"))
+
+
 def test_toggle_a_layer_in_a_real_browser(server: str, browser) -> None:
     from selenium.webdriver.common.by import By
 
