@@ -116,7 +116,9 @@ def test_a_sweep_is_estimated_runs_in_the_background_and_a_row_sets_the_mask(mod
     assert any(o.startswith("the last sweep's order (similarity, run here") for o in ranks), ranks
     table = next(d.value for d in at.dataframe if "accuracy: change from full" in d.value.columns)
     assert list(table["layers"]) == ["none", "26", "25,26"]
-    at.session_state["rows-sweep"] = {"selection": {"rows": [2], "columns": [], "cells": []}}
+    # a row's selection is keyed by the table's content, so it never picks a row of another table
+    key = next(d.key for d in at.dataframe if d.key and d.key.startswith("rows-sweep-"))
+    at.session_state[key] = {"selection": {"rows": [2], "columns": [], "cells": []}}
     at.run()
     at.button(key="use_sweep_row").click().run()
     assert _dropped(at) == [25, 26] and at.query_params["drop"] == "25,26"

@@ -154,7 +154,7 @@ def test_the_start_view_runs_its_small_sweep_with_a_live_status(server: str, bro
         text = _main_text(d)
         if found := re.search(r"Sweep running \(the small sweep of the Start view.*?\): (\d) of 7 masks done", text):
             seen.add(int(found.group(1)))
-        return "In this sweep (40 examples" in text and _idle(d)
+        return "In this sweep (each change paired" in text and _idle(d)
 
     _wait(browser, finished, 600, "the small sweep's curves")
     # the status line was redrawn while the sweep ran in the background, then the results replaced it

@@ -259,7 +259,7 @@ def _layer_panel(setup: Setup, drop: tuple[int, ...]) -> list[int]:
     """The ranked layer picker under the efficiency readout; returns the order it ranks by."""
     n = setup.lm.num_layers
     order, scores, name = _ranking(setup)
-    k = int(st.sidebar.number_input("Suggested drops", min_value=0, max_value=n, value=4, step=1, key="drop_k",
+    k = int(st.sidebar.number_input("Suggested drops", min_value=0, max_value=n, value=min(4, n), step=1, key="drop_k",
                                     help="how many of the first layers in this order to suggest; they are "
                                          "marked ★ below before you drop them"))
     suggested = order[:k]
@@ -351,7 +351,8 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> Callable[[], 
         try:
             full, pruned = _latency(lm.id, drop, lm)
         except Cancelled:
-            slot.caption("forward latency: not measured, another computation started (measured when idle)")
+            slot.caption("forward latency: not measured while another computation runs (a page or a sweep); "
+                         "measured when idle")
             return
         slot.metric("forward latency", f"{pruned * 1000:.0f} ms",
                     f"{(pruned - full) / full:+.1%} vs full ({full * 1000:.0f} ms)" if drop else None,

@@ -11,7 +11,8 @@ import time
 
 import streamlit as st
 
-from core.model.pruning import parse_layer_list
+from core.errors import UserError
+from core.model.pruning import parse_layer_list, validate_mask
 from core.study.jobs import SweepJob
 from core.study.strategies import QUICK, StrategyConfig, layer_order
 from core.study.sweep import PointConfig, estimate_sweep
@@ -66,6 +67,9 @@ def start(ctx: Context, strategy: StrategyConfig, max_drop: int, config: PointCo
         old.stop()
     st.session_state[JOB] = SweepJob(ctx.setup, strategy, max_drop, config, latency=latency, order=order).start()
     st.session_state["_sweep_job_source"] = f"{source}, {ctx.lm.name} on {ctx.ds.name}, n = {ctx.n}"
+    st.session_state["_sweep_job_settings"] = {
+        **ctx.run_config(), "n": config.eval.n, "validation_n": config.eval.val_n,
+        "faithfulness_n": config.faith_n if config.explain else 0, "strategy": strategy.name}
     st.session_state["_sweep_job_taken"] = False
 
 
@@ -112,12 +116,16 @@ def _summary(j: SweepJob) -> None:
 
 
 def _take(j: SweepJob) -> bool:
-    """Make a finished job's rows the page's sweep table (once); whether it did now."""
+    """Make a finished job's rows the page's sweep table (once; a stopped one only if there is no table yet), with
+    the settings it ran with; whether it did now."""
     if st.session_state.get("_sweep_job_taken") or not j.rows:
         return False
     st.session_state["_sweep_job_taken"] = True
+    if len(j.rows) < len(j.lines) and st.session_state.get("sweep_table") is not None:
+        return False  # the masks it did are cached; the complete table shown before stays
     st.session_state.update(sweep_table=j.table(), sweep_order=list(j.order or []), sweep_model=j.setup.lm.id,
-                            sweep_source=st.session_state.get("_sweep_job_source", j.strategy.name))
+                            sweep_source=st.session_state.get("_sweep_job_source", j.strategy.name),
+                            sweep_settings=st.session_state.get("_sweep_job_settings", {}))
     return True
 
 
@@ -125,7 +133,11 @@ def use_mask_button(ctx: Context, label: str | None, key: str) -> None:
     """A button that sets the sidebar's mask to ``label`` (a mask label such as "3,7,12" or "none")."""
     if not label:
         return
-    drop = [] if label == "none" else [int(x) for x in parse_layer_list(label)]
+    try:
+        drop = list(validate_mask([] if label == "none" else parse_layer_list(label), ctx.lm.num_layers))
+    except UserError as err:
+        st.caption(f"Mask {label} does not fit {ctx.lm.name}: {err}.")
+        return
     if tuple(sorted(drop)) == tuple(sorted(ctx.drop)):
         st.caption(f"Mask {label} is the sidebar's mask.")
         return

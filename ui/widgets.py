@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 
 import pandas as pd
@@ -152,9 +153,12 @@ def table(df: pd.DataFrame, name: str, key: str | None = None, selectable: bool 
 
     ``selectable``: a row can be clicked (it reruns the page); the selected rows' positions are returned.
     """
+    # the key carries a fingerprint of the data: a row picked in one table must not select a row of another
+    fingerprint = zlib.crc32(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()) if selectable else 0
     event = st.dataframe(df, width="stretch", **kwargs, **(
-        {"on_select": "rerun", "selection_mode": "single-row", "key": f"rows-{name}"} if selectable else {}))
-    rows = list(event.selection.rows) if selectable and event else []
+        {"on_select": "rerun", "selection_mode": "single-row", "key": f"rows-{name}-{fingerprint:x}"}
+        if selectable else {}))
+    rows = [r for r in event.selection.rows if r < len(df)] if selectable and event else []
     st.download_button(f"Download {name}.csv", df.to_csv(index=kwargs.get("hide_index") is not True),
                        file_name=f"{name}.csv", mime="text/csv", key=key or f"csv-{name}")
     return rows

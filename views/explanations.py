@@ -171,7 +171,8 @@ with ui.guard("the explanations view"):
             f"{', '.join(f'{k:g}' for k in ctx.explain.k_percents)}% on the model explained; a change is pruned - "
             "full on this single example, so no interval is possible: read it against the random reference row "
             "and across examples, never as a finding on its own. Spearman: rank agreement of the full and the "
-            "pruned model's explanation. Seconds: the time an explanation took when it was computed (a cached "
+            "pruned model's explanation (for LIME and Kernel SHAP it includes their seed noise: two seeds on the same "
+            "model agree only at about 0.7-0.8). Seconds: the time an explanation took when it was computed (a cached "
             "one shows that time, not the time to read it)."
             + ("" if ctx.drop else " No layer is dropped: both sides are the full model."))
     else:

@@ -95,12 +95,13 @@ with ui.guard("the start view"):
         st.dataframe(readable(table, ("accuracy", "ece")), hide_index=True, width="stretch")
         steps = table[table["dropped"] > 0]
         moved = {key: steps[(steps[f"{key}_change_lo"] > 0) | (steps[f"{key}_change_hi"] < 0)]["dropped"].tolist()
-                 for key in ("accuracy", "ece") if f"{key}_change_lo" in steps}
+                 for key in ("accuracy", "ece")  # only where the table has the paired intervals to say it
+                 if f"{key}_change_lo" in steps and steps[f"{key}_change_lo"].notna().all()}
         if not steps.empty and moved:
             said = [f"{METRICS[key].title} changed beyond noise with "
                     + (", ".join(map(str, d)) + " layers dropped" if d else "no number of layers dropped")
                     for key, d in moved.items()]
-            st.markdown(f"In this sweep ({ctx.n} examples, each change paired against the full model): "
+            st.markdown("In this sweep (each change paired against the full model over the same examples): "
                         + "; ".join(said) + ".")
 
     st.header("The lesson")

@@ -62,7 +62,7 @@ with ui.guard("the trade-offs view"):
                 st.error(f"'{uploaded.name}' could not be read as CSV ({err}). The curves below are unchanged.")
             else:
                 st.session_state.update(sweep_table=loaded, sweep_order=sweep_order(loaded),
-                                        sweep_source=uploaded.name, sweep_model=None)
+                                        sweep_source=uploaded.name, sweep_model=None, sweep_settings=None)
         st.caption("Its curves and table are drawn below, with the current mask marked if it is one of its "
                    "steps, until the next sweep is run here.")
 
@@ -79,7 +79,9 @@ with ui.guard("the trade-offs view"):
         sweeps.use_mask_button(ctx, table["layers"].iloc[rows[0]] if rows else None, "use_sweep_row")
         with st.expander("Every column of the sweep"):
             ui.table(table.round(4), "sweep-all-columns", hide_index=True)
-        settings = {"sweep": st.session_state.get("sweep_source", ""), "order": list(order), **ctx.run_config()}
+        # a sweep run here reports the settings it ran with (they may have changed since); a file, the current ones
+        settings = {"sweep": st.session_state.get("sweep_source", ""), "order": list(order),
+                    **(st.session_state.get("sweep_settings") or ctx.run_config())}
         st.download_button("Download report (HTML)", render(table, settings), file_name="sweep-report.html",
                            mime="text/html", key="download_report",
                            help="the command line's report: the curves, the table, the metrics and these settings, "

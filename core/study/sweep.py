@@ -11,6 +11,7 @@ settings), so that the trade-off view can show every mask evaluated so far in th
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -25,7 +26,7 @@ from ..metrics import FAITHFULNESS, METRICS
 from ..model.efficiency import compare_latency
 from ..model.pruning import parse_layer_list, validate_mask
 from ..progress import StageProgress
-from ..task.evaluation import EvalConfig, evaluate
+from ..task.evaluation import EvalConfig, evaluate, is_cached
 from ..task.setup import Setup
 from ..task.uncertainty import Difference, Interval, mean_interval, paired_mean_difference, resample_counts
 from .compare import paired_stats
@@ -114,11 +115,13 @@ def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
         if key == "ece_temperature_scaled":
             side, diff = stats.scaled_other.get("ece"), stats.scaled_difference.get("ece")
         _put_intervals(row, key, side, diff)
+    fresh = not result.cached  # the mask's own scores were computed here: its time is a fair estimate
     if config.explain is not None:
         faith = [dataset_faithfulness(DatasetExplainer(setup, mask, config.explain, e.split),
                                       result.examples[: config.faith_n],
                                       progress=(lambda d, t, s=stage: progress(s, d, t)) if progress else None)
                  for mask, stage in ([((), "explaining the full model")] if drop else []) + [(drop, "explaining")]]
+        fresh = fresh and not faith[-1].cached
         s = faith[-1].summary()
         row.update(comprehensiveness=s["comprehensiveness"], sufficiency=s["sufficiency"],
                    random_comprehensiveness=s["random_baseline_comprehensiveness"],
@@ -130,7 +133,7 @@ def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
             _put_intervals(row, key, mean_interval(values, counts),
                            paired_mean_difference(np.array([r[key] for r in base_rows]), values, counts))
     row["seconds"] = time.perf_counter() - start
-    record_point(setup, config, row)
+    record_point(setup, config, row, timed=fresh)
     return row
 
 
@@ -162,16 +165,25 @@ def _put_intervals(row: dict, key: str, side: Interval | None, diff: Difference 
     row.update(zip(interval_columns(key), values, strict=True))
 
 
-def record_point(setup: Setup, config: PointConfig, row: dict) -> None:
-    """Add ``row`` to the masks evaluated so far in this context (nothing without a cache)."""
+_RECORDING = threading.Lock()
+"""One read-modify-write of a context's points at a time (a background sweep and the page both record)."""
+
+
+def record_point(setup: Setup, config: PointConfig, row: dict, timed: bool = False) -> None:
+    """Add ``row`` to the masks evaluated so far in this context (nothing without a cache).
+
+    ``timed``: its ``seconds`` were spent computing it (none of it came from the cache), so they are
+    kept for `estimate_sweep`.
+    """
     if setup.cache is None:
         return
     key = _context_key(setup, config)
-    points = setup.cache.load(key, _points) or {}
-    if row["layers"] not in points and row.get("seconds") is not None:
-        _record_seconds(setup, config, float(row["seconds"]))
-    points[row["layers"]] = {k: v for k, v in row.items() if k not in TIMINGS}
-    setup.cache.put(key, points)
+    with _RECORDING:
+        points = setup.cache.load(key, _points) or {}
+        if timed and row.get("seconds") is not None:
+            _record_seconds(setup, config, float(row["seconds"]))
+        points[row["layers"]] = {k: v for k, v in row.items() if k not in TIMINGS}
+        setup.cache.put(key, points)
 
 
 def _points(stored: dict) -> dict[str, dict]:
@@ -245,7 +257,11 @@ def estimate_sweep(setup: Setup, order: Sequence[int] | None, max_drop: int, con
     computed with these settings (none yet: nothing to go on, said so)."""
     known = set(points(setup, config)["layers"])
     masks = [mask_label(order[:k]) for k in range(max_drop + 1)] if order is not None else []
-    cached = [m in known for m in masks]
+    # a mask whose scores are cached (prefetched, or evaluated on another view) costs seconds at most, unless
+    # it still needs explaining
+    cached = [m in known or (config.explain is None
+                             and is_cached(setup, replace(config.eval, drop=tuple(sorted(order[:k])))))
+              for k, m in enumerate(masks)]
     recent = (setup.cache.load(_timing_key(setup, config), _seconds) if setup.cache is not None else None) or []
     todo = (len(masks) - sum(cached)) if order is not None else max_drop + 1
     if not recent:

@@ -14,7 +14,7 @@ from core.study.jobs import SweepJob
 from core.study.strategies import QUICK, StrategyConfig, ranking
 from core.study.sweep import PointConfig, estimate_sweep, sweep
 from core.task.data import dataset_from_rows
-from core.task.evaluation import EvalConfig
+from core.task.evaluation import EvalConfig, evaluate
 from core.task.prompts import PromptConfig
 from core.task.setup import Setup
 
@@ -116,6 +116,15 @@ def test_the_estimate_counts_cached_masks_and_times_the_rest_from_the_last_point
     # another context (another sample size) has its own masks and times
     other = PointConfig(eval=EvalConfig(n=4, val_n=0))
     assert estimate_sweep(setup, ORDER, 1, other).cached == [False, False]
+
+
+def test_a_mask_already_scored_elsewhere_counts_as_cached_and_is_not_timed(tmp_path) -> None:
+    setup = _setup(ResultCache(tmp_path))
+    evaluate(setup, EvalConfig(n=6, val_n=0, drop=(0, 2)))  # e.g. prefetched, or shown on the Calibration view
+    assert estimate_sweep(setup, ORDER, 2, CONFIG).cached == [False, False, True]
+    sweep(setup, ORDER, 2, CONFIG, latency=False)
+    # the two masks computed here were timed; the one whose scores were cached took no time worth keeping
+    assert "median of the last 2" in estimate_sweep(setup, ORDER, 3, CONFIG).basis
 
 
 def test_the_picker_ranks_by_any_quick_strategy(tmp_path) -> None:
