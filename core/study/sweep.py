@@ -258,8 +258,8 @@ def estimate_sweep(setup: Setup, order: Sequence[int] | None, max_drop: int, con
     known = set(points(setup, config)["layers"])
     masks = [mask_label(order[:k]) for k in range(max_drop + 1)] if order is not None else []
     # a mask whose scores are cached (prefetched, or evaluated on another view) costs seconds at most, unless
-    # it still needs explaining
-    cached = [m in known or (config.explain is None
+    # it still needs explaining; with re-fitted heads, looking its scores up would fit a head per mask
+    cached = [m in known or (config.explain is None and not setup.refit_head
                              and is_cached(setup, replace(config.eval, drop=tuple(sorted(order[:k])))))
               for k, m in enumerate(masks)]
     recent = (setup.cache.load(_timing_key(setup, config), _seconds) if setup.cache is not None else None) or []
