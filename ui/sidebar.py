@@ -17,7 +17,7 @@ from core.cache import ResultCache
 from core.errors import Cancelled, UserError
 from core.explain.dataset import ExplainConfig
 from core.explain.methods import DEFAULT_EXPLAINER, EXPLAINERS
-from core.model.efficiency import compare_latency, efficiency
+from core.model.efficiency import Efficiency, compare_latency, efficiency
 from core.model.loading import DEFAULT_MODEL, PRESETS, LoadedModel, ModelPreset, load_model
 from core.model.pruning import parse_layer_list, validate_mask
 from core.settings import home, prefetch_enabled
@@ -304,7 +304,7 @@ def _layer_panel(setup: Setup, drop: tuple[int, ...]) -> list[int]:
 
 def banner(ctx: Context) -> None:
     """One line over every page: the mask and what it saves, and any switches not applied yet."""
-    e = efficiency(ctx.lm, ctx.drop, context=min(1000, ctx.lm.max_positions))
+    e = ctx.efficiency
     if not ctx.drop:
         text = (f"**Full model**: all {e.layers} attention layers. Switch layers off in the sidebar, or drop the "
                 "★ suggested ones.")
@@ -319,8 +319,8 @@ def banner(ctx: Context) -> None:
     st.caption(text)
 
 
-def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> Callable[[], None] | None:
-    """Draw the mask's efficiency; return the latency measurement, which runs after the page is drawn (it
+def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> tuple[Efficiency, Callable[[], None] | None]:
+    """Draw the mask's efficiency; return it and the latency measurement, which runs after the page is drawn (it
     takes seconds for a new mask and must not hold back the metrics), filling the place kept for it here."""
     context = min(1000, lm.max_positions)
     e = efficiency(lm, drop, context=context)
@@ -343,7 +343,7 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> Callable[[], 
     if not st.sidebar.toggle("Measure latency", key="measure_latency", value=True,
                              help="time a forward pass of 128 tokens with and without the mask, in turns so that "
                                   "both run under the same load (median of 3), once the page is drawn"):
-        return None
+        return e, None
     slot = st.sidebar.empty()
     slot.caption("forward latency: measured once the page is drawn")
 
@@ -357,7 +357,7 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> Callable[[], 
         slot.metric("forward latency", f"{pruned * 1000:.0f} ms",
                     f"{(pruned - full) / full:+.1%} vs full ({full * 1000:.0f} ms)" if drop else None,
                     delta_color="inverse")  # time: lower is better (latency is not among core.metrics)
-    return measure
+    return e, measure
 
 
 def _prefetch(ctx: Context, slot) -> None:
@@ -416,10 +416,10 @@ def sidebar() -> Context:
     scores = attention_scores(lm, calibration_texts(ds), cache=cache)
     st.sidebar.subheader("Attention layers")
     drop = _current_mask(lm)
-    latency = _efficiency_readout(lm, drop)
+    saved, latency = _efficiency_readout(lm, drop)
     order = _layer_panel(setup, drop)
     prefetch_slot = st.sidebar.empty()
-    ctx = Context(setup=setup, n=n, explain=explain, drop=drop, scores=scores, order=order,
+    ctx = Context(setup=setup, n=n, explain=explain, drop=drop, scores=scores, order=order, efficiency=saved,
                   image_format=image_format, after_page=[latency] if latency else [])
     if prefetch_enabled() and not refit:
         ctx.after_page.append(lambda: _prefetch(ctx, prefetch_slot))

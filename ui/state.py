@@ -18,6 +18,7 @@ from core.cache import ResultCache
 from core.explain.dataset import ExplainConfig
 from core.explain.features import REMOVALS
 from core.explain.methods import DEFAULT_EXPLAINER, EXPLAINERS
+from core.model.efficiency import Efficiency
 from core.model.loading import DEFAULT_MODEL, LoadedModel
 from core.study.importance import ImportanceScores
 from core.task.data import DEFAULT_DATASET, Dataset
@@ -106,6 +107,8 @@ class Context:
     """The similarity scores (the study's importance measure), whatever the picker ranks by."""
     order: list[int] = field(default_factory=list)
     """The order the layer picker ranks layers in (its first k are the suggested drops)."""
+    efficiency: Efficiency | None = None
+    """What the mask saves (parameters, FLOPs, KV cache), as the sidebar shows it."""
     image_format: str = "png"
     warnings: list[str] = field(default_factory=list)
     after_page: list[Callable[[], None]] = field(default_factory=list)

@@ -57,6 +57,11 @@ def job() -> SweepJob | None:
     return st.session_state.get(JOB)
 
 
+def running() -> bool:
+    """Whether this session's sweep is still running."""
+    return (j := job()) is not None and j.running
+
+
 def start(ctx: Context, strategy: StrategyConfig, max_drop: int, config: PointConfig, source: str,
           latency: bool = True, order: list[int] | None = None) -> None:
     """Start a sweep in the background (one per session: a running one is stopped first).
@@ -89,7 +94,7 @@ def status() -> None:
     def watch() -> None:
         if not j.running:
             st.rerun()  # the whole page, to draw the results
-        done = sum(1 for line in j.lines if line.state in ("computed", "from the cache"))
+        done = j.done
         with st.container(border=True):
             left, right = st.columns([4, 1])
             source = st.session_state.get("_sweep_job_source", j.strategy.name)
@@ -105,7 +110,7 @@ def status() -> None:
 
 
 def _summary(j: SweepJob) -> None:
-    done = sum(1 for line in j.lines if line.state in ("computed", "from the cache"))
+    done = j.done
     if j.error:
         st.error(f"The sweep failed after {done} of {len(j.lines)} masks: {j.error}. The masks done are cached.")
     elif j.stopped and done < len(j.lines):

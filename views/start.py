@@ -80,7 +80,7 @@ with ui.guard("the start view"):
         f"Drop 0, 1, ..., {SMALL_SWEEP} layers in the sidebar's suggested order and watch accuracy and calibration "
         "together (faithfulness is on the Trade-offs view). "
         + sweeps.estimate(ctx, strategy, SMALL_SWEEP, config, latency=False, order=ctx.order))
-    running = (j := sweeps.job()) is not None and j.running
+    running = sweeps.running()
     if st.button("Run the small sweep", key="tour_sweep", disabled=running,
                  help="runs in the background; every mask is cached, so it is free the second time"):
         sweeps.start(ctx, strategy, SMALL_SWEEP, config, SOURCE, latency=False, order=ctx.order)

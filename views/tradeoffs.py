@@ -38,7 +38,7 @@ with ui.guard("the trade-offs view"):
                    w[2].number_input("weight: comprehensiveness loss", 0.0, 10.0, 1.0, key="w_comp"))
     strategy = StrategyConfig(name=name, steps=max_drop, weights=weights)
     current = mask_label(ctx.drop)
-    running = (job := sweeps.job()) is not None and job.running
+    running = sweeps.running()
     st.markdown(f"This sweep: {sweeps.estimate(ctx, strategy, max_drop, config)}")
     b1, b2 = st.columns([1, 2])
     if b1.button("Run sweep", type="primary", key="run_sweep", width="stretch", disabled=running,

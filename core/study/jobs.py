@@ -76,6 +76,11 @@ class SweepJob:
         return self.finished is None
 
     @property
+    def done(self) -> int:
+        """How many masks are done (computed or read from the cache)."""
+        return sum(1 for line in self.lines if line.state in ("computed", "from the cache"))
+
+    @property
     def stopped(self) -> bool:
         return self._stop.is_set()
 

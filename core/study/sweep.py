@@ -280,9 +280,7 @@ def _seconds(stored: dict) -> list[float]:
 
 
 def _record_seconds(setup: Setup, config: PointConfig, seconds: float) -> None:
-    """Remember how long a new point took, for `estimate_sweep`."""
-    if setup.cache is None:
-        return
+    """Remember how long a new point took, for `estimate_sweep` (`record_point` calls it with a cache)."""
     key = _timing_key(setup, config)
     recent = setup.cache.load(key, _seconds) or []
     setup.cache.put(key, {"seconds": (recent + [seconds])[-RECENT_POINTS:]})
