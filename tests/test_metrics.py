@@ -18,7 +18,8 @@ from core.study.report import render
 from core.study.sweep import COLUMNS, INTERVALS, interval_columns
 from core.task import calibration as cal
 
-NOT_METRICS = {"dropped", "layers", "temperature", "seconds", "latency_ms", "latency_full_ms", "right_to_wrong",
+NOT_METRICS = {"dropped", "layers", "temperature", "seconds", "latency_ms", "latency_full_ms", "latency_ratio",
+               "latency_ratio_lo", "latency_ratio_hi", "flop_ratio", "right_to_wrong",
                "wrong_to_right", "mcnemar_p", "ece_noise_q95", *[c for k in INTERVALS for c in interval_columns(k)]}
 
 

@@ -17,7 +17,7 @@ from core.cache import ResultCache
 from core.errors import Cancelled, UserError
 from core.explain.dataset import ExplainConfig
 from core.explain.methods import DEFAULT_EXPLAINER, EXPLAINERS
-from core.model.efficiency import Efficiency, compare_latency, efficiency
+from core.model.efficiency import Efficiency, Latency, compare_latency, efficiency
 from core.model.loading import DEFAULT_MODEL, PRESETS, LoadedModel, ModelPreset, load_model
 from core.model.pruning import parse_layer_list, validate_mask
 from core.settings import home, prefetch_enabled
@@ -52,9 +52,9 @@ def _dataset(name: str, text_column: str = "text", label_column: str = "label") 
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _latency(model_id: str, drop: tuple[int, ...], _lm: LoadedModel) -> tuple[float, float]:
+def _latency(model_id: str, drop: tuple[int, ...], _lm: LoadedModel) -> Latency:
     # gives way (Cancelled, nothing cached) as soon as another page starts computing
-    return compare_latency(_lm, drop, tokens=128, repeats=3, stop=PREFETCHER.contended)
+    return compare_latency(_lm, drop, tokens=128, stop=PREFETCHER.contended)
 
 
 def _load_or_keep(what: str, load: Callable, args: tuple | None, default: str):
@@ -326,7 +326,8 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> tuple[Efficie
     e = efficiency(lm, drop, context=context)
     st.sidebar.caption(f"**Mask: {mask_label(drop) if drop else 'no layer dropped'}**")
     a, b = st.sidebar.columns(2)
-    a.metric("attention layers kept", f"{e.layers_kept} / {e.layers}")
+    a.metric("attention layers kept", f"{e.layers_kept} / {e.layers}",
+             help="layers whose attention still runs; a dropped layer keeps its MLP, so every layer still runs that")
     b.metric("params saved", f"{e.parameters_saved_fraction:.1%}", f"{e.parameters_saved / 1e6:.2f} M",
              delta_color="off", help="the dropped layers' attention weights (query, key, value, output), which a "
                                      "pruned model no longer needs to store")
@@ -341,22 +342,34 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> tuple[Efficie
                  help="memory a generating model keeps per token of context for its attention; a dropped layer "
                       "keeps none")
     if not st.sidebar.toggle("Measure latency", key="measure_latency", value=True,
-                             help="time a forward pass of 128 tokens with and without the mask, in turns so that "
-                                  "both run under the same load (median of 3), once the page is drawn"):
+                             help="time forward passes of 128 tokens with and without the mask, in turns so that "
+                                  "both run under the same load (a warm-up pair, then 9 pairs), once the page is "
+                                  "drawn"):
         return e, None
     slot = st.sidebar.empty()
     slot.caption("forward latency: measured once the page is drawn")
 
     def measure() -> None:
         try:
-            full, pruned = _latency(lm.id, drop, lm)
+            t = _latency(lm.id, drop, lm)
         except Cancelled:
             slot.caption("forward latency: not measured while another computation runs (a page or a sweep); "
                          "measured when idle")
             return
-        slot.metric("forward latency", f"{pruned * 1000:.0f} ms",
-                    f"{(pruned - full) / full:+.1%} vs full ({full * 1000:.0f} ms)" if drop else None,
-                    delta_color="inverse")  # time: lower is better (latency is not among core.metrics)
+        box = slot.container()
+        help_text = (f"one forward pass of {t.tokens} tokens, the median of {t.pairs}; the full and the pruned model "
+                     "are timed in turns, and the ratio is the median of the paired ratios with its "
+                     f"{t.coverage:.0%} interval (order statistics): 'within noise' when it contains 1. The FLOP "
+                     "ratio is what the mask would give if time followed the count of multiply-adds alone.")
+        if not drop:
+            box.metric("forward latency", f"{t.full_seconds * 1000:.0f} ms", help=help_text)
+            return
+        # time: lower is better (latency is not among core.metrics), so a ratio below 1 shows green
+        box.metric("forward latency", f"{t.pruned_seconds * 1000:.0f} ms",
+                   f"{t.ratio - 1:+.0%} [{t.lo - 1:+.0%}, {t.hi - 1:+.0%}] vs full: {t.verdict()}",
+                   delta_color="inverse" if t.beyond_noise else "off", help=help_text)
+        box.caption(f"full model {t.full_seconds * 1000:.0f} ms; by the FLOP count alone the mask would save "
+                    f"{1 - t.flop_ratio:.1%}")
     return e, measure
 
 

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> None:
                     val_n=args.val_n, faith_n=args.faith_n, explainers=_names(args.explainers, "--explainers"),
                     prompt=prompt_config(args), dtype=args.dtype, device=args.device, seed=args.seed,
                     calibration_n=args.calibration_n)
-    with Bar("study", unit="point") as bar:
+    with Bar("study (points and greedy candidates)", unit="mask") as bar:
         result = run_study(spec, args.out, engine=args.engine, address=args.address, workers=args.workers,
                            cpus_per_worker=args.cpus_per_worker, progress=bar)
     shown = [c for c in ("model", "dataset", "strategy", "explainer", "dropped", "accuracy", "ece",

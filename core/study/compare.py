@@ -396,7 +396,8 @@ def compare_explanations(setup: Setup, drop: Sequence[int], example: Example, co
         done = [explainer.explain(example, seed=s) for s in run_seeds]
         return [a for a, _ in done], all(hit for _, hit in done)
 
-    first = DatasetExplainer(setup, base, config, split)
+    # the second mask's perturbed inputs are the base's: keep the states where it starts, as the base runs
+    first = DatasetExplainer(setup, base, config, split, next_masks=[drop] if drop != base else [])
     base_runs, hit = runs(first)
     out = ExplanationComparison(example=example, answers=tuple(first.builder.answer_words), base=base_runs[0],
                                 base_faithfulness=first.faithfulness([example], base_runs[:1])[0], base_cached=hit,

@@ -35,17 +35,18 @@ from ..cache import ResultCache, cache_key
 from ..errors import UserError
 from ..explain.dataset import ExplainConfig
 from ..explain.methods import EXPLAINERS
+from ..progress import StageProgress
 from ..task.data import Dataset, load_dataset
 from ..task.evaluation import EvalConfig
 from ..task.prompts import PromptConfig
-from .strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig
+from .strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig, candidate_masks
 from .sweep import COLUMNS, PointConfig
 
 ENGINES = ("local", "ray")
 GREEDY = ("greedy-divergence", "trust-greedy")
 KEYS = ["model", "dataset", "strategy", "explainer", "dropped"]
 """What names a point: one row per distinct combination."""
-COLUMNS_OUT = [*KEYS[:-1], *[c for c in COLUMNS if c not in ("latency_ms", "latency_full_ms")], "cached"]
+COLUMNS_OUT = [*KEYS[:-1], *[c for c in COLUMNS if not c.startswith(("latency_", "flop_"))], "cached"]
 """The columns of results.csv: the point's names, the sweep's metrics with intervals, and where it came from."""
 RUN_DEPENDENT = ("seconds", "cached")
 """Columns that say how a run went rather than what the model does; equal grids differ only in these."""
@@ -129,6 +130,12 @@ class Plan:
     def cells(self) -> list[Cell]:
         return list(dict.fromkeys(p.cell for p in self.points))
 
+    def order_masks(self, cell: Cell) -> int:
+        """The candidate masks a cell's order tries (a greedy strategy's search; 0 for the others)."""
+        if cell.strategy not in GREEDY:
+            return 0
+        return candidate_masks(self.layers[cell.model], self.strategy(cell).steps or self.layers[cell.model])
+
 
 def _unknown(kind: str, names: Sequence[str], allowed: Sequence[str]) -> None:
     if bad := [x for x in names if x not in allowed]:
@@ -204,15 +211,19 @@ class GridWorker:
             self.loads += 1
         return Setup(self._lm[1], self.datasets[cell.dataset], self.spec.prompt, cache=self.cache)
 
-    def order(self, plan_strategy: StrategyConfig, cell: Cell) -> list[int]:
+    def order(self, plan_strategy: StrategyConfig, cell: Cell, progress: StageProgress | None = None) -> list[int]:
         from .strategies import layer_order
 
-        return layer_order(self._setup(cell), plan_strategy)
+        return layer_order(self._setup(cell), plan_strategy, progress)
 
-    def point(self, cell: Cell, order: list[int], dropped: int, config: PointConfig) -> dict:
+    def point(self, cell: Cell, order: list[int], dropped: int, config: PointConfig, later: Sequence[int] = ()
+              ) -> dict:
+        """The point of ``cell`` with ``dropped`` layers of ``order`` dropped; ``later``: the numbers dropped of
+        the cell's points this worker evaluates next (their explanations start from states this one keeps)."""
         from .sweep import evaluate_point
 
-        return evaluate_point(self._setup(cell), order[:dropped], config)
+        return evaluate_point(self._setup(cell), order[:dropped], config,
+                              next_masks=[order[:k] for k in later])
 
     def pid(self) -> int:
         return os.getpid()
@@ -225,6 +236,11 @@ class Task:
     cell: Cell
     order: list[int] | None
     points: list[Point]
+
+
+def _later(points: Sequence[Point], i: int) -> list[int]:
+    """The numbers dropped of the points after the ``i``-th with its explainer: what it should keep states for."""
+    return [p.dropped for p in points[i + 1:] if p.explainer == points[i].explainer]
 
 
 Event = tuple[str, Any, Any]
@@ -240,15 +256,20 @@ class LocalEngine:
         self.plan = plan
         self.worker = GridWorker(plan.spec, plan.datasets, cache_root)
 
-    def run(self, tasks: list[Task]) -> Iterator[Event]:
+    def run(self, tasks: list[Task], on_masks: Callable[[Cell, int], None] | None = None) -> Iterator[Event]:
+        """The tasks' events; ``on_masks(cell, done)`` hears each candidate mask a greedy order has tried."""
         for task in sorted(tasks, key=lambda t: self.plan.spec.models.index(t.cell.model)):
             order = task.order
             if order is None:
-                order = self.worker.order(self.plan.strategy(task.cell), task.cell)
+                def tried(_what: str, done: float, _total: int, cell: Cell = task.cell) -> None:
+                    if on_masks:
+                        on_masks(cell, int(done))
+                order = self.worker.order(self.plan.strategy(task.cell), task.cell, tried)
                 yield "order", task.cell, order
-            for point in task.points:
+            for i, point in enumerate(task.points):
                 yield "point", point, self.worker.point(task.cell, order, point.dropped,
-                                                        self.plan.point_config(point.explainer))
+                                                        self.plan.point_config(point.explainer),
+                                                        _later(task.points, i))
 
     def describe(self) -> dict:
         return {"engine": "local", "workers": 1, "model_loads": self.worker.loads}
@@ -286,7 +307,9 @@ class RayEngine:
         self.actors = [remote.remote(plan.spec, self._datasets, cache_root, cpus_per_worker) for _ in range(count)]
         self.address = address
 
-    def run(self, tasks: list[Task]) -> Iterator[Event]:
+    def run(self, tasks: list[Task], on_masks: Callable[[Cell, int], None] | None = None) -> Iterator[Event]:
+        """The tasks' events as the actors finish them; a greedy order's candidate masks are heard all at once,
+        ``on_masks(cell, all of them)``, when the order arrives (the actor's progress stays on its machine)."""
         ray = self.ray
         load = [0] * len(self.actors)
         models: list[set[str]] = [set() for _ in self.actors]
@@ -301,14 +324,18 @@ class RayEngine:
             if order is None:
                 order = actor.order.remote(self.plan.strategy(task.cell), task.cell)
                 pending[order] = ("order", task.cell)
-            for point in task.points:
-                ref = actor.point.remote(task.cell, order, point.dropped, self.plan.point_config(point.explainer))
+            for j, point in enumerate(task.points):  # an actor runs its calls in order: a cell's points resume
+                ref = actor.point.remote(task.cell, order, point.dropped, self.plan.point_config(point.explainer),
+                                         _later(task.points, j))
                 pending[ref] = ("point", point)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             kind, what = pending.pop(done[0])
             try:
-                yield kind, what, ray.get(done[0])
+                value = ray.get(done[0])
+                if kind == "order" and on_masks:
+                    on_masks(what, self.plan.order_masks(what))
+                yield kind, what, value
             except (ray.exceptions.RayError, UserError) as err:
                 yield "failed", what, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
 
@@ -349,8 +376,9 @@ def run_study(spec: GridSpec, out: str | Path | None = None, engine: str = "loca
               on_point: Callable[[Point, Any], None] | None = None) -> StudyResult:
     """Evaluate every point of ``spec`` that ``cache`` lacks, and write the study's files to ``out``.
 
-    ``progress`` gets (points done, points in all), cached ones included; ``on_point`` gets each
-    computed point and the engine (the tests kill workers with it). Points that fail even after Ray's
+    ``progress`` gets (masks done, masks in all), cached ones included: each point is one mask, and a greedy
+    cell's order counts the candidate masks its search tries, so a long search moves the count too. ``on_point``
+    gets each computed point and the engine (the tests kill workers with it). Points that fail even after Ray's
     retries are listed in the result and in run.json; the others are kept and written.
     """
     start = time.perf_counter()
@@ -369,9 +397,19 @@ def run_study(spec: GridSpec, out: str | Path | None = None, engine: str = "loca
         if todo:
             stored = cache.get(checked.order_key(cell), required=("order",))
             tasks.append(Task(cell, stored["order"] if stored else None, todo))
-    total = len(checked.points)
-    if progress:
-        progress(len(rows), total)
+    searching = {t.cell: checked.order_masks(t.cell) for t in tasks if t.order is None}
+    tried = dict.fromkeys(searching, 0)
+    total = len(checked.points) + sum(searching.values())
+
+    def report() -> None:
+        if progress:
+            progress(len(rows) + sum(tried.values()), total)
+
+    def on_masks(cell: Cell, done: int) -> None:
+        tried[cell] = min(done, searching.get(cell, 0))
+        report()
+
+    report()
     failed: list[str] = []
     runner = None
     if tasks:
@@ -379,9 +417,10 @@ def run_study(spec: GridSpec, out: str | Path | None = None, engine: str = "loca
         runner = (LocalEngine(checked, root) if engine == "local" else
                   RayEngine(checked, root, address, workers, cpus_per_worker))
         try:
-            for kind, what, value in runner.run(tasks):
+            for kind, what, value in runner.run(tasks, on_masks):
                 if kind == "order":
                     cache.put(checked.order_key(what), {"order": list(value)})
+                    tried[what] = searching.get(what, 0)
                 elif kind == "failed":
                     failed.append(f"{_label(what)}: {value}")
                 elif what not in rows:  # a retried point may arrive twice: keep the first
@@ -389,8 +428,7 @@ def run_study(spec: GridSpec, out: str | Path | None = None, engine: str = "loca
                     rows[what] = {**value, "cached": False}
                     if on_point:
                         on_point(what, runner)
-                if progress:
-                    progress(len(rows), total)
+                report()
         finally:
             described = runner.describe()
             runner.close()

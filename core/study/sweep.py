@@ -45,8 +45,10 @@ COLUMNS = ["dropped", "layers", "accuracy", "ece", "adaptive_ece", "smooth_ece",
            "temperature", "ece_temperature_scaled", "comprehensiveness", "sufficiency", "random_comprehensiveness",
            "random_sufficiency", "right_to_wrong", "wrong_to_right", "mcnemar_p", "ece_noise_q95",
            *[c for k in INTERVALS for c in interval_columns(k)],
-           "seconds", "latency_ms", "latency_full_ms"]
-TIMINGS = ("seconds", "latency_ms", "latency_full_ms")
+           "seconds", "latency_ms", "latency_full_ms", "latency_ratio", "latency_ratio_lo", "latency_ratio_hi",
+           "flop_ratio"]
+TIMINGS = ("seconds", "latency_ms", "latency_full_ms", "latency_ratio", "latency_ratio_lo", "latency_ratio_hi",
+           "flop_ratio")
 """Measured afresh on each run, never stored with a point."""
 
 
@@ -88,11 +90,13 @@ def _context_key(setup: Setup, config: PointConfig) -> str:
 
 
 def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
-                   progress: StageProgress | None = None) -> dict:
+                   progress: StageProgress | None = None, next_masks: Sequence[Sequence[int]] = ()) -> dict:
     """One row of `COLUMNS` for mask ``drop``; recorded among the context's points when the setup has a cache.
 
     Intervals and changes are paired against the full model on the same examples (`paired_stats`), so
-    the full model is evaluated too (from the cache after the first time).
+    the full model is evaluated too (from the cache after the first time). ``next_masks``: the masks the
+    caller evaluates next (a sweep's later steps), whose explanations then start from the hidden states
+    this one keeps where they first differ (`core.model.states`; scoring keeps every layer anyway).
     """
     start = time.perf_counter()
     drop = validate_mask(drop, setup.lm.num_layers)
@@ -117,10 +121,12 @@ def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
         _put_intervals(row, key, side, diff)
     fresh = not result.cached  # the mask's own scores were computed here: its time is a fair estimate
     if config.explain is not None:
-        faith = [dataset_faithfulness(DatasetExplainer(setup, mask, config.explain, e.split),
+        later = [tuple(m) for m in next_masks]
+        faith = [dataset_faithfulness(DatasetExplainer(setup, mask, config.explain, e.split, next_masks=after),
                                       result.examples[: config.faith_n],
                                       progress=(lambda d, t, s=stage: progress(s, d, t)) if progress else None)
-                 for mask, stage in ([((), "explaining the full model")] if drop else []) + [(drop, "explaining")]]
+                 for mask, stage, after in ([((), "explaining the full model", [drop, *later])] if drop else [])
+                 + [(drop, "explaining", later)]]
         fresh = fresh and not faith[-1].cached
         s = faith[-1].summary()
         row.update(comprehensiveness=s["comprehensiveness"], sufficiency=s["sufficiency"],
@@ -209,10 +215,12 @@ def sweep_steps(setup: Setup, order: Sequence[int], max_drop: int, config: Point
         def step(stage: str, done: float, total: int, k: int = k) -> None:
             if progress:  # in points: the finished ones plus the running one's share
                 progress(f"{k} of {max_drop} layers dropped: {stage}", k + done / max(total, 1), max_drop + 1)
-        row = evaluate_point(setup, order[:k], config, step)
+        row = evaluate_point(setup, order[:k], config, step, next_masks=[order[:j] for j in range(k + 1, max_drop + 1)])
         if latency:
-            full, pruned = compare_latency(setup.lm, order[:k], tokens=128, repeats=3)
-            row["latency_ms"], row["latency_full_ms"] = 1000 * pruned, 1000 * full
+            timing = compare_latency(setup.lm, order[:k], tokens=128)
+            row.update(latency_ms=1000 * timing.pruned_seconds, latency_full_ms=1000 * timing.full_seconds,
+                       latency_ratio=timing.ratio, latency_ratio_lo=timing.lo, latency_ratio_hi=timing.hi,
+                       flop_ratio=timing.flop_ratio)
         yield row
 
 
@@ -220,8 +228,10 @@ def sweep(setup: Setup, order: Sequence[int], max_drop: int, config: PointConfig
           progress: StageProgress | None = None, latency: bool = True) -> pd.DataFrame:
     """Drop the first 0, 1, ..., ``max_drop`` layers of ``order`` in turn: one row per step.
 
-    ``latency_ms`` is measured afresh (never cached): a forward pass over 128 tokens, median of 3,
-    timed in turns with the full model's (``latency_full_ms``) so that their ratio holds under load.
+    ``latency_ms`` is measured afresh (never cached): a forward pass over 128 tokens, median of 9, timed in
+    turns with the full model's (``latency_full_ms``) so that their ratio holds under load; ``latency_ratio``
+    is the median of the paired ratios with its 95% interval (``_lo``, ``_hi``), and ``flop_ratio`` the ratio
+    the FLOP count alone gives (`core.model.efficiency.compare_latency`).
     """
     return pd.DataFrame(list(sweep_steps(setup, order, max_drop, config, progress, latency)), columns=COLUMNS)
 

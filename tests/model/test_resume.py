@@ -145,20 +145,16 @@ def test_threads_resuming_different_masks_at_once_get_their_own_answers() -> Non
         assert np.abs(got[m] - expected[m]).max() <= TOLERANCE, m
 
 
-def test_answers_are_the_same_after_states_are_evicted() -> None:
+def test_answers_are_the_same_after_states_are_evicted(monkeypatch) -> None:
     lm = tiny_loaded("phi3")
     builder, examples = _scoring(lm)
-    STATES.max_bytes  # read the default once, so that it can be put back
-    budget, STATES._max_bytes = STATES._max_bytes, 6_000  # a few rows' states at a time
-    try:
-        STATES.evictions = 0
-        for drop in _random_masks(lm.num_layers, 6, seed=3):
-            resumed = score_examples(lm, builder, examples, drop, batch_size=4).logits
-            assert np.abs(resumed - _reference(lm, builder, examples, drop)).max() <= TOLERANCE, drop
-        assert STATES.evictions > 0
-        assert STATES.info()["bytes"] <= 6_000
-    finally:
-        STATES._max_bytes = budget
+    monkeypatch.setattr(STATES, "_max_bytes", 6_000)  # a few rows' states at a time
+    STATES.evictions = 0
+    for drop in _random_masks(lm.num_layers, 6, seed=3):
+        resumed = score_examples(lm, builder, examples, drop, batch_size=4).logits
+        assert np.abs(resumed - _reference(lm, builder, examples, drop)).max() <= TOLERANCE, drop
+    assert STATES.evictions > 0
+    assert STATES.info()["bytes"] <= 6_000
 
 
 def test_the_store_evicts_the_least_recently_used_first_and_stays_within_its_budget() -> None:

@@ -43,6 +43,33 @@ def test_a_sweep_has_one_row_per_step_and_resumes_from_the_cache(tmp_path) -> No
     assert again[["accuracy", "comprehensiveness"]].equals(table[["accuracy", "comprehensiveness"]])
 
 
+def test_a_sweeps_explanations_start_from_the_states_the_step_before_kept(tmp_path) -> None:
+    import numpy as np
+
+    from core.model.states import STATES
+
+    setup = _setup(ResultCache(tmp_path / "on"))
+    calls: list[int] = []
+    layers = setup.lm.spec.layer_list(setup.lm.model)
+    # a layer's MLP runs whether its attention is dropped or not, unless the pass starts above the layer
+    hooks = [layers[i].mlp.register_forward_pre_hook(lambda *_, i=i: calls.append(i)) for i in range(4)]
+    try:
+        table = sweep(setup, [3, 2, 0, 1], 2, _config(), latency=False)
+        resumed = calls.count(0)
+        STATES.enabled = False
+        calls.clear()
+        reference = sweep(Setup(setup.lm, setup.ds, setup.prompt, cache=ResultCache(tmp_path / "off")),
+                          [3, 2, 0, 1], 2, _config(), latency=False)
+    finally:
+        STATES.enabled = True
+        for hook in hooks:
+            hook.remove()
+    # layer 0 runs for the full model's passes; the pruned masks' scoring and explanations start at layer 2 or 3
+    assert resumed < 0.5 * calls.count(0)
+    for key in ("accuracy", "ece", "comprehensiveness", "sufficiency", "random_comprehensiveness"):
+        np.testing.assert_allclose(table[key], reference[key], atol=1e-6, err_msg=key)
+
+
 def test_points_remember_every_mask_of_a_context(tmp_path) -> None:
     cache = ResultCache(tmp_path)
     setup = _setup(cache)
