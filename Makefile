@@ -65,6 +65,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_compare.py
 	$(BIN)/python benchmarks/bench_gpu.py
 	$(BIN)/python benchmarks/bench_sweep_estimate.py
+	$(BIN)/python benchmarks/bench_resume.py
 
 clean:
 	rm -rf $(VENV)

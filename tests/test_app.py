@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.model.loading import cpu_bf16
+
 pytestmark = pytest.mark.slow
 APP = str(Path(__file__).parent.parent / "app.py")
 PAGES = ["views/calibration.py", "views/start.py", "views/explanations.py", "views/tradeoffs.py", "views/learn.py"]
@@ -86,8 +88,10 @@ def test_the_url_restores_the_mask_and_the_example_and_says_what_it_ignored(modu
     assert "prompt=poem (use zero-shot, few-shot, chat)" in warnings
     assert "cuda-bf16 was asked for, but there is no CUDA GPU here: using the CPU" in warnings
     assert at.slider(key="n").value == 40 and at.selectbox(key="removal").value == "unk"
-    device = at.selectbox(key="device")  # no GPU here: greyed out, saying why
-    assert device.value == "cpu-fp32" and device.disabled and "no CUDA GPU" in device.help
+    device = at.selectbox(key="device")  # no GPU here: left out, saying why; CPU bf16 only where the CPU has it
+    bf16, why = cpu_bf16()
+    assert device.value == "cpu-fp32" and "no CUDA GPU" in device.help and why in device.help
+    assert device.options == (["cpu · fp32", "cpu · bf16"] if bf16 else ["cpu · fp32"]) and device.disabled != bf16
     assert at.toggle(key="keep_3").value is False and at.toggle(key="keep_7").value is False
     assert _metrics(at)["attention layers kept"] == "28 / 30"
     at.switch_page("views/explanations.py").run()

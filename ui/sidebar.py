@@ -18,7 +18,7 @@ from core.errors import Cancelled, UserError
 from core.explain.dataset import ExplainConfig
 from core.explain.methods import DEFAULT_EXPLAINER, EXPLAINERS
 from core.model.efficiency import Efficiency, Latency, compare_latency, efficiency
-from core.model.loading import DEFAULT_MODEL, PRESETS, LoadedModel, ModelPreset, load_model
+from core.model.loading import DEFAULT_MODEL, PRESETS, LoadedModel, ModelPreset, cpu_bf16, load_model
 from core.model.pruning import parse_layer_list, validate_mask
 from core.settings import home, prefetch_enabled
 from core.study.importance import attention_scores, calibration_texts
@@ -120,18 +120,24 @@ def _model_picker() -> LoadedModel:
 
 
 def _device_picker() -> tuple[str, str]:
-    """(device, dtype): a CUDA GPU in bf16 or fp16 where there is one; greyed out, with the reason, where not."""
+    """(device, dtype): the CPU in fp32, or in bf16 where it has bf16 instructions, or a CUDA GPU in bf16 or fp16
+    where there is one; what is not available here is left out, and the help says why."""
     gpu = torch.cuda.is_available()
-    choices = list(DEVICES) if gpu else [DEVICES[0]]
-    if st.session_state.get("device", DEVICES[0]) not in choices:
-        st.sidebar.warning(f"{st.session_state['device']} was asked for, but there is no CUDA GPU here: using the CPU.")
+    bf16, why = cpu_bf16()
+    available = {"cpu-fp32": True, "cpu-bf16": bf16, "cuda-bf16": gpu, "cuda-fp16": gpu}
+    choices = [d for d in DEVICES if available[d]]
+    asked = st.session_state.get("device", DEVICES[0])
+    if asked not in choices:
+        reason = "there is no CUDA GPU here: using the CPU" if asked.startswith("cuda") else f"{why}: using fp32"
+        st.sidebar.warning(f"{asked} was asked for, but {reason}.")
         st.session_state["device"] = DEVICES[0]
-    choice = st.sidebar.selectbox(
-        "Device and precision", choices, key="device", disabled=not gpu, format_func=lambda c: c.replace("-", " · "),
-        help="a GPU in bf16 or fp16 runs a 7B model; numbers differ from fp32 in about the third decimal"
-        if gpu else "no CUDA GPU is available here, so the model runs on the CPU in fp32")
-    if not gpu:
-        st.sidebar.caption("Device: CPU, fp32 (no CUDA GPU here).")
+    notes = ["fp32 is the reference: the exactness tests and the study's numbers are in fp32",
+             f"CPU bf16: {why}" + ("; numbers differ from fp32 in about the third decimal" if bf16 else ""),
+             "a CUDA GPU in bf16 or fp16 runs a 7B model" if gpu else "no CUDA GPU is available here"]
+    choice = st.sidebar.selectbox("Device and precision", choices, key="device", disabled=len(choices) == 1,
+                                  format_func=lambda c: c.replace("-", " · "), help="; ".join(notes))
+    if len(choices) == 1:
+        st.sidebar.caption("Device: CPU, fp32 (no CUDA GPU here, and no bf16 instructions on this CPU).")
     device, dtype = choice.split("-")
     return device, dtype
 

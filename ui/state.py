@@ -70,8 +70,9 @@ def _flag(raw: str) -> bool:
     return raw == "1"
 
 
-DEVICES = ("cpu-fp32", "cuda-bf16", "cuda-fp16")
-"""Where and in which precision the model runs (the CUDA ones only where a GPU is present)."""
+DEVICES = ("cpu-fp32", "cpu-bf16", "cuda-bf16", "cuda-fp16")
+"""Where and in which precision the model runs (CPU bf16 where the CPU has bf16 instructions, the CUDA ones
+where a GPU is present)."""
 N_RANGE = (20, 400, 20)
 """The sample sizes the sidebar offers: smallest, largest, step."""
 SEED_RANGE = (0, 999)
