@@ -17,14 +17,17 @@ from core.study.figures import faithfulness_curves, pareto_scatter, tradeoff_cur
 from core.study.report import render
 from core.study.sweep import COLUMNS, INTERVALS, interval_columns
 from core.task import calibration as cal
+from core.task import conformal, selective
 
 NOT_METRICS = {"dropped", "layers", "temperature", "seconds", "latency_ms", "latency_full_ms", "latency_ratio",
                "latency_ratio_lo", "latency_ratio_hi", "flop_ratio", "right_to_wrong",
                "wrong_to_right", "mcnemar_p", "ece_noise_q95", *[c for k in INTERVALS for c in interval_columns(k)]}
+PREDICTION_SETS = {*conformal.KEYS, *selective.KEYS}
+"""Rows for the prediction-set and selective-prediction columns, whether or not a sweep writes them yet."""
 
 
 def test_every_metric_column_of_a_sweep_has_one_row() -> None:
-    assert set(METRICS) == set(COLUMNS) - NOT_METRICS
+    assert set(METRICS) == (set(COLUMNS) - NOT_METRICS) | PREDICTION_SETS
     assert set(INTERVALS) <= set(METRICS)
     assert all(key == m.key for key, m in METRICS.items())
     report_fields = [f.name for f in dataclasses.fields(cal.CalibrationReport) if f.name != "n_bins"]
@@ -36,7 +39,11 @@ def test_every_metric_column_of_a_sweep_has_one_row() -> None:
 
 def test_directions_and_ranges() -> None:
     assert {k for k, m in METRICS.items() if not m.lower_is_better} == {
-        "accuracy", "comprehensiveness", "random_comprehensiveness", "label_mass"}
+        "accuracy", "comprehensiveness", "random_comprehensiveness", "label_mass", "coverage", "singleton_share",
+        "accuracy_at_50", "accuracy_at_80", "accuracy_at_90", "coverage_at_risk"}
+    for k in ("set_size", "empty_share", "all_label_share", "class_coverage_gap", "aurc", "eaurc"):
+        assert METRICS[k].better == "lower"
+    assert METRICS["set_size"].range == (0.0, math.inf)
     for k in ("ece", "adaptive_ece", "smooth_ece", "mce", "brier", "nll", "ece_temperature_scaled", "sufficiency"):
         assert METRICS[k].better == "lower"
     for k in FAITHFULNESS:
