@@ -213,8 +213,9 @@ def _score(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, n_bins: in
 
 
 def _differences(base: _Scored, other: _Scored) -> dict[str, Difference]:
-    """Paired differences (other - base) draw by draw; exactly 0 when the two sides are the same probabilities."""
-    if np.array_equal(base.probs, other.probs):
+    """Paired differences (other - base) draw by draw; exactly 0 when the two sides are the same probabilities
+    (to 1e-12: a method that is the identity up to rounding must not come out "beyond noise")."""
+    if np.allclose(base.probs, other.probs, rtol=0, atol=1e-12):
         return {k: _difference(0.0, np.zeros_like(base.draws[k])) for k in REPAIR_KEYS}
     return {k: _difference(other.values[k] - base.values[k], other.draws[k] - base.draws[k]) for k in REPAIR_KEYS}
 
