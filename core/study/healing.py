@@ -248,9 +248,9 @@ def training_data(setup: Setup, drop: Sequence[int], config: HealConfig) -> Trai
     if n_rows < need:
         raise UserError(
             f"{config.steps} steps of {config.batch_size} rows of {config.seq_len} tokens need "
-            f"{need * config.seq_len:,} tokens, but {source} give {len(stream):,} tokens ({n_rows} full rows): healing reads "
-            "its text at most once. Give more text (a larger --text-file or --text-n), or fewer --steps, a smaller "
-            "--batch-size or --seq-len")
+            f"{need * config.seq_len:,} tokens, but {source} give {len(stream):,} tokens ({n_rows} full rows): "
+            "healing reads its text at most once. Give more text (a larger --text-file or --text-n), or fewer "
+            "--steps, a smaller --batch-size or --seq-len")
     return TrainingData(rows, f"{source}, packed into {n_rows} rows of {config.seq_len} tokens",
                         n_rows * config.seq_len)
 
@@ -456,8 +456,9 @@ def heal(setup: Setup, drop: Sequence[int], config: HealConfig = HealConfig(),
         if (hit := _read(folder / ADAPTERS, key)) is not None:
             tensors, meta = hit
             return HealResult(key, lm.id, drop, config, config.steps, True, meta["losses"], meta["seconds"], True,
-                              config.steps, meta["targets"], meta["trainable"], meta["data"], meta["micro_batch"],
-                              tensors, folder)
+                              config.steps, len(adapter_targets(lm.model, drop)),
+                              sum(t.numel() for t in tensors.values()), meta["data"], meta["micro_batch"], tensors,
+                              folder)
         return _train(setup, drop, config, key, folder, progress, stop)
 
 
@@ -465,11 +466,11 @@ def _train(setup: Setup, drop: tuple[int, ...], config: HealConfig, key: str, fo
            progress: TrainProgress | None, stop: Callable[[], bool] | None) -> HealResult:
     lm = setup.lm
     data = training_data(setup, drop, config)
+    targets = len(adapter_targets(lm.model, drop))  # counted before peft wraps each map in layers of its own
     model = private_copy(lm.model)
     peft_model = add_adapters(model, drop, config.rank, config.alpha, config.seed)
     params = [p for _, p in peft_model.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    targets = len(adapter_targets(model, drop))
     trainable = sum(p.numel() for p in params)
     start, losses, prior, micro = 0, [], 0.0, config.batch_size
     if folder is not None and (found := _read(folder / CHECKPOINT, key)) is not None:
@@ -528,8 +529,7 @@ def _train(setup: Setup, drop: tuple[int, ...], config: HealConfig, key: str, fo
     out = result(config.steps)
     if folder is not None:
         _write(folder / ADAPTERS, out.state, {"key": key, "version": HEAL_VERSION, "steps": config.steps,
-                                              "losses": losses, "seconds": out.seconds, "targets": targets,
-                                              "trainable": trainable, "data": data.description,
+                                              "losses": losses, "seconds": out.seconds, "data": data.description,
                                               "micro_batch": micro})
         (folder / CHECKPOINT).unlink(missing_ok=True)
     return out

@@ -189,6 +189,8 @@ def test_a_second_run_is_a_cache_hit_that_trains_nothing(fresh_results, monkeypa
     monkeypatch.setattr(healing, "_train", no_training)
     second = heal(setup, DROP, SMALL)
     assert second.cached and second.complete and second.losses == first.losses
+    assert second.targets == first.targets == len(adapter_targets(setup.lm.model, DROP)) == 4 * 7 - 2 * 4
+    assert second.trainable == first.trainable == sum(t.numel() for t in first.state.values())
     assert second.state.keys() == first.state.keys()
     assert all(torch.equal(second.state[k], first.state[k]) for k in first.state)
     assert cached_steps(setup, DROP, SMALL) == SMALL.steps
@@ -321,3 +323,61 @@ def test_the_three_way_comparison_pairs_the_same_examples(fresh_results) -> None
     assert set(out["changes"]) == {"pruned_vs_full", "healed_vs_full", "healed_vs_pruned"}
     assert out["healed"]["ece"]["value"] == pytest.approx(c.healed.metrics.ece)
     assert list(c.values_table(stats).columns[::2]) == ["full", "pruned", "healed"]
+
+
+def test_the_heal_command_writes_the_three_way_comparison_and_is_cached_the_second_time(tmp_path, capsys,
+                                                                                        fresh_results) -> None:
+    import csv
+    import json
+
+    from helpers.cli import run_cli
+
+    lm = tiny_loaded("llama")
+    folder = tmp_path / "tiny-llama"
+    lm.model.save_pretrained(folder)
+    lm.tokenizer.save_pretrained(folder)
+    data = tmp_path / "tiny.csv"
+    with data.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(ROWS)
+    argv = ["heal", "--model", str(folder), "--dataset", str(data), "--drop-attn", "1,2", "--steps", "3",
+            "--batch-size", "4", "--seq-len", "16", "--n", "20", "--val-n", "0"]
+    code, out, err = run_cli(capsys, *argv, "--json", "-")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["dropped_attention_layers"] == [1, 2] and result["n"] == 20
+    assert set(result["changes"]) == {"pruned_vs_full", "healed_vs_full", "healed_vs_pruned"}
+    assert result["heal"]["complete"] and not result["heal"]["cached"] and result["heal"]["steps_done"] == 3
+    assert result["healed_model"].startswith("tiny-llama+heal-")
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert "from the cache" in out and "attention dropped at [1, 2]" in out
+    assert "flips, healed against pruned:" in out and "ECE" in out
+    code, out, err = run_cli(capsys, *argv, "--objective", "task")
+    assert code == 0 and "tunes the model to this task" in out and "tunes the model to this task" in err
+    code, _, err = run_cli(capsys, *argv[:5], "--lr", "-1")
+    assert code == 2 and err.startswith("error: the learning rate must be 0 or more")
+    code, _, err = run_cli(capsys, *argv[:5], "--steps", "2")
+    assert code == 2 and "drop at least one attention layer" in err
+
+
+@pytest.mark.slow
+def test_on_the_default_model_a_stopped_run_resumes_and_zero_lr_scores_like_the_pruned_model(fresh_results) -> None:
+    from core.model.loading import load_model
+    from core.task.data import load_dataset
+
+    setup = Setup(load_model(), load_dataset(), cache=ResultCache())
+    drop = (25, 26)
+    assert len(adapter_targets(setup.lm.model, drop)) == 30 * 7 - 2 * 4  # q k v o gate up down; MLP only where dropped
+    config = HealConfig(steps=3, batch_size=2, seq_len=32, lr=0.0)
+    asked = []
+    stopped = heal(setup, drop, config, stop=lambda: asked.append(1) or len(asked) > 1)
+    assert stopped.steps_done == 1 and not stopped.complete
+    result = heal(setup, drop, config)
+    assert result.complete and result.resumed_from == 1 and len(result.losses) == 3
+    healed = healed_model(setup.lm, result)
+    eval_config = EvalConfig(n=8, val_n=0, drop=drop)
+    pruned = evaluate(setup, eval_config)
+    again = evaluate(Setup(healed, setup.ds, cache=setup.cache), eval_config)
+    assert not again.cached and np.array_equal(pruned.logits, again.logits)
