@@ -464,6 +464,13 @@ def heal(setup: Setup, drop: Sequence[int], config: HealConfig = HealConfig(),
 
 def _train(setup: Setup, drop: tuple[int, ...], config: HealConfig, key: str, folder: Path | None,
            progress: TrainProgress | None, stop: Callable[[], bool] | None) -> HealResult:
+    # Outside inference mode before anything is built: a Parameter made inside it could not be trained through.
+    with torch.inference_mode(False), torch.enable_grad():
+        return _train_here(setup, drop, config, key, folder, progress, stop)
+
+
+def _train_here(setup: Setup, drop: tuple[int, ...], config: HealConfig, key: str, folder: Path | None,
+                progress: TrainProgress | None, stop: Callable[[], bool] | None) -> HealResult:
     lm = setup.lm
     data = training_data(setup, drop, config)
     targets = len(adapter_targets(lm.model, drop))  # counted before peft wraps each map in layers of its own
@@ -480,7 +487,7 @@ def _train(setup: Setup, drop: tuple[int, ...], config: HealConfig, key: str, fo
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             log.warning("healing checkpoint of %s does not fit this model (%s): starting over", key, e)
             (folder / CHECKPOINT).unlink(missing_ok=True)
-            return _train(setup, drop, config, key, folder, progress, stop)
+            return _train_here(setup, drop, config, key, folder, progress, stop)
     if config.objective == "task":
         builder = setup.builder(drop)
         with torch.no_grad():
@@ -508,7 +515,7 @@ def _train(setup: Setup, drop: tuple[int, ...], config: HealConfig, key: str, fo
             _write(folder / CHECKPOINT, _checkpoint_tensors(peft_model, optimizer, params),
                    {"key": key, "version": HEAL_VERSION, "step": done, "losses": losses, "seconds": spent()})
 
-    with torch.inference_mode(False), torch.enable_grad(), dropped_attention(model, drop):
+    with dropped_attention(model, drop):
         for step in range(start, config.steps):
             if stop is not None and stop():
                 checkpoint(step)

@@ -122,6 +122,13 @@ def test_the_mask_is_active_in_training_lm_objective() -> None:
     assert abs(result.losses[0] - full) > 1e-3
 
 
+def test_healing_called_inside_inference_mode_still_trains() -> None:
+    setup = _setup(cache=False)
+    with torch.inference_mode():  # as a caller's scoring thread may be
+        result = heal(setup, DROP, HealConfig(steps=2, batch_size=4, seq_len=16, lr=1e-2))
+    assert result.complete and any(v.abs().sum() > 0 for k, v in result.state.items() if "lora_B" in k)
+
+
 def test_the_task_loss_is_the_scorers_answer_cross_entropy_under_the_mask() -> None:
     setup = _setup(cache=False)
     config = HealConfig(objective="task", steps=1, batch_size=6, lr=0.0)
