@@ -6,6 +6,10 @@ its own): for a kept layer it calls the original forward unchanged; for a droppe
 the MLP branch given by the architecture table, so the attention (and its norms) is never computed.
 With no mask active the model behaves exactly as the unpruned model.
 
+A model built by copying an installed one (`private_copy`) gets dispatchers of its own: a plain
+``copy.deepcopy`` would keep dispatchers that look up the *original* model's mask and call the
+original layers' forwards, so the copy would silently compute with the original's weights.
+
 A dropped layer writes nothing to the KV cache. transformers reads the cache length and the mask
 sizes from one layer (the first), which is empty when that layer is dropped, and then silently
 builds a wrong causal mask. `MaskAwareCache` answers those questions from the first *kept* layer of
@@ -21,7 +25,8 @@ the model's own forward, so every family works the same way; only the layers' wo
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import copy
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import MethodType
@@ -123,9 +128,35 @@ def install(model: nn.Module) -> ArchSpec:
                 return _orig(*args, **kwargs)
             return spec.mlp_only(self, hidden)  # type: ignore[arg-type]
 
+        forward._mask_dispatcher = True  # type: ignore[attr-defined]
         layer.forward = MethodType(forward, layer)
     setattr(model, _INSTALLED, True)
     return spec
+
+
+def private_copy(model: nn.Module, copied: Container[str] = ()) -> nn.Module:
+    """A copy of ``model`` with its own mask dispatcher, that shares no parameter object with it.
+
+    Parameters named in ``copied`` get their own storage (code that writes them, e.g. merging LoRA
+    weights, leaves ``model`` untouched); every other parameter is a new ``Parameter`` over the same
+    storage, so the copy costs no weight memory, and setting ``requires_grad`` on it changes nothing
+    of ``model``. Writing into a shared parameter's data would write into ``model``: name it in
+    ``copied``. Tied weights stay tied. The copy is returned with its dispatcher installed.
+    """
+    named = list(model.named_parameters(remove_duplicate=False))
+    own = {id(param) for name, param in named if name in copied}  # a tied weight named once is copied
+    memo: dict[int, object] = {}
+    for _, param in named:
+        if id(param) not in own and id(param) not in memo:
+            memo[id(param)] = nn.Parameter(param.data, requires_grad=param.requires_grad)
+    clone = copy.deepcopy(model, memo)
+    for layer in spec_for_model(clone).layer_list(clone):
+        if getattr(layer.__dict__.get("forward"), "_mask_dispatcher", False):
+            del layer.forward  # back to the class's forward, bound to the copied layer
+    if _INSTALLED in clone.__dict__:
+        delattr(clone, _INSTALLED)
+    install(clone)
+    return clone
 
 
 def active_mask(model: nn.Module) -> frozenset[int]:
