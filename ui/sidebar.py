@@ -341,7 +341,9 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> tuple[Efficie
              delta_color="off", help="per token: the multiply-adds it no longer needs, the attention "
                                      "projections and its scores over the context")
     if lm.spec.encoder:
-        b.metric("KV cache saved", "none", "an encoder keeps no KV cache", delta_color="off")
+        b.metric("KV cache saved", "none", "an encoder keeps no KV cache", delta_color="off",
+                 help="a generating model keeps keys and values per token of context for its attention; an "
+                      "encoder reads its whole input at once and keeps none")
     else:
         b.metric("KV cache saved", f"{e.kv_bytes_saved_per_1k_tokens / 2**20:.1f} MiB",
                  f"of {e.kv_bytes_per_1k_tokens / 2**20:.1f} MiB per 1,000 tokens", delta_color="off",

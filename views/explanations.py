@@ -117,7 +117,8 @@ with ui.guard("the explanations view"):
         fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
         cols = st.columns(5)
         cols[0].metric("top-20% F1", fmt(g.f1), help="overlap of the two rationales (top 20% supporting words)")
-        cols[1].metric("IoU", fmt(g.iou))
+        cols[1].metric("IoU", fmt(g.iou), help="intersection over union: the words in both rationales over the words "
+                                                "in either")
         cols[2].metric("precision", fmt(g.precision), help="share of the pruned rationale in the full one")
         cols[3].metric("recall", fmt(g.recall), help="share of the full rationale in the pruned one")
         cols[4].metric("Spearman", fmt(g.spearman), help="rank correlation of all the words' scores")
