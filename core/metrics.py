@@ -144,8 +144,9 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
            "The share of conformal prediction sets that hold every offered answer: the model does not know, "
            "and says so.", SETS_BOOTSTRAP),
     Metric("class_coverage_gap", "class-conditional coverage gap", "lower", (0.0, 1.0),
-           "The mean over correct answers of |set coverage among the examples with that answer - (1 - alpha)| "
-           "(Ding et al. 2023): 0 when the sets are equally reliable whatever the answer.", SETS_BOOTSTRAP),
+           "The mean, over the correct answers, of how far the set coverage among the examples with that answer "
+           "lies from 1 - alpha (Ding et al. 2023): 0 when the sets are equally reliable whatever the answer.",
+           SETS_BOOTSTRAP),
     Metric("aurc", "AURC", "lower", (0.0, 1.0),
            "Area under the risk-coverage curve: answering only the k examples it is most confident about, the "
            "share of those that are wrong, averaged over k = 1..n; low when the wrong answers have the lowest "
