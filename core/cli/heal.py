@@ -29,7 +29,8 @@ from .common import (
 if TYPE_CHECKING:
     from ..progress import TrainingStep
     from ..study.compare import PairedStats
-    from ..study.healing import HealComparison, HealConfig, HealResult
+    from ..study.healed import HealComparison
+    from ..study.healing import HealConfig, HealResult
     from .common import Subparsers
 
 
@@ -133,7 +134,8 @@ class StepBar:
 
 
 def run(args: argparse.Namespace) -> None:
-    from ..study.healing import compare_healed, heal
+    from ..study.healed import compare_healed
+    from ..study.healing import heal
     from ..task.evaluation import EvalConfig
 
     if args.bootstrap < 1000:

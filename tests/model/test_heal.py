@@ -15,15 +15,14 @@ from core.cache import ResultCache
 from core.errors import UserError
 from core.model.lora import LINEAR_TYPES, adapter_targets, add_adapters
 from core.model.pruning import dropped_attention, private_copy
+from core.study.healed import compare_healed, healed_model
 from core.study.healing import (
     ADAPTERS,
     CHECKPOINT,
     HealConfig,
     cached_steps,
-    compare_healed,
     heal,
     heal_key,
-    healed_model,
     lm_loss,
     training_data,
 )
