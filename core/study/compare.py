@@ -1,10 +1,11 @@
 """Two attention masks on the same examples: the one home for "full model against pruned model".
 
-Every front end that sets two masks side by side (the Calibration, Explanations and Learn views,
-``python -m core explain``) calls this module and only arranges what it returns:
+Every front end that sets two masks side by side (the Calibration, Prediction sets, Explanations and
+Learn views, ``python -m core explain``) calls this module and only arranges what it returns:
 
 * `compare_results`: both masks evaluated on the same sample, with a metrics table (one row per
-  metric of `core.metrics`) and a per-example table (predictions, confidence, flips);
+  metric of `core.metrics`) and a per-example table (predictions, confidence, flips); its
+  `ResultComparison.sets` are the prediction sets and abstention of both (`core.study.sets`);
 * `compare_explanations`: one example explained under both masks with the same explainer, each
   explanation's ERASER faithfulness on its own model, the agreement between the two and, on
   request, the seeded random explainer's faithfulness on the base model as a floor;
