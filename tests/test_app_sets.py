@@ -94,3 +94,16 @@ def test_too_few_validation_examples_for_alpha_show_an_error_box_not_a_traceback
     assert not at.exception
     errors = [e.value for e in at.error]  # 6 validation examples allow alpha >= 1/7
     assert any("6 calibration example(s) are too few for alpha = 0.1" in e for e in errors), errors
+
+
+def test_the_trade_offs_view_draws_a_sweeps_sets_against_the_layers_dropped(module_results) -> None:
+    at = _new_app().run()
+    at.switch_page("views/tradeoffs.py").run()
+    table = ("dropped,layers,accuracy,ece,coverage,coverage_lo,coverage_hi,set_size,set_size_lo,set_size_hi,aurc\n"
+             "0,none,0.86,0.17,0.88,0.80,0.95,1.03,0.90,1.30,0.06\n"
+             "1,25,0.85,0.15,0.90,0.82,0.96,1.10,0.95,1.35,0.05\n")
+    at.file_uploader(key="sweep_upload").upload("sweep.csv", table.encode(), "text/csv").run()
+    _no_problem(at)
+    specs = [c.proto.spec for c in at.main.get("plotly_chart")]
+    drawn = [s for s in specs if "Prediction sets and abstention" in s]
+    assert len(drawn) == 1 and "1 - alpha = 0.9" in drawn[0] and "mean set size (lower is better)" in drawn[0]
