@@ -2,8 +2,10 @@
 
 `core.task.conformal.paired_conformal` with 1,000 resamples, each recalibrating both sides'
 thresholds on a resample of the validation split, and `core.task.selective.paired_selective` on the
-same test examples. The probabilities are simulated (four answers, the pruned side a noisy copy of
-the full one), so the figures measure the statistics alone.
+same test examples. Then the whole of what ``python -m core compare`` and the Prediction sets view add
+on two evaluations: `core.study.sets.set_stats` (both of the above, LAC) and `set_figures` (each
+side's set sizes, coverage over 25 alphas and risk-coverage band). The probabilities are simulated
+(four answers, the pruned side a noisy copy of the full one), so the figures measure the statistics alone.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import time
 
 import numpy as np
 
+from core.study.sets import set_figures, set_stats
 from core.task import calibration as cal
 from core.task.conformal import METHODS, paired_conformal
+from core.task.data import Example
+from core.task.evaluation import EvalResult
 from core.task.selective import paired_selective
 
 
@@ -26,6 +31,17 @@ def simulated(n: int, seed: int, k: int = 4) -> tuple[np.ndarray, np.ndarray, np
     logits[np.arange(n), labels] += 1.8
     pruned = logits + rng.normal(0, 0.6, logits.shape)
     return cal.softmax(logits), cal.softmax(pruned), labels
+
+
+def evaluation(test: np.ndarray, labels: np.ndarray, val: np.ndarray, val_labels: np.ndarray) -> EvalResult:
+    """An `EvalResult` holding simulated probabilities (as logits) and its validation part, nothing scored."""
+    return EvalResult(
+        model="simulated", dataset="simulated", split="test", n=len(labels), dropped_attention_layers=[],
+        all_attention_dropped=False, label_names=[f"answer {k}" for k in range(test.shape[1])],
+        metrics=cal.report(test, labels), reliability=[], temperature=None, metrics_temperature_scaled=None,
+        examples=[Example(str(i), "", int(y)) for i, y in enumerate(labels)], logits=np.log(test),
+        label_mass=None, val_logits=np.log(val), val_labels=val_labels, seconds=0.0, cached=True, warnings=[],
+        prompt={})
 
 
 def timed(repeats: int, call, *args, **kwargs) -> tuple[float, object]:
@@ -60,6 +76,12 @@ def main() -> None:
         aurc = d.differences["aurc"]
         print(f"n = {n_test:5d} selective prediction {seconds:.3f} s; AURC change {aurc.value:+.3f} "
               f"[{aurc.lo:+.3f}, {aurc.hi:+.3f}], p = {aurc.p_value:.3f}")
+        full, pruned = evaluation(test_a, test_y, val_a, val_y), evaluation(test_b, test_y, val_b, val_y)
+        seconds, s = timed(args.repeats, set_stats, full, pruned, 0.1, "lac", args.resamples)
+        print(f"n = {n_test:5d} set_stats (LAC and selective, paired) {seconds:.3f} s; "
+              f"{len(s.difference)} metrics")
+        seconds, _ = timed(args.repeats, set_figures, {"full": full, "pruned": pruned}, 0.1, "lac")
+        print(f"n = {n_test:5d} set_figures (sizes, coverage over 25 alphas, risk bands) {seconds:.3f} s")
     print(f"(medians of {args.repeats}, {args.resamples} resamples)")
 
 

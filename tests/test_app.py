@@ -11,7 +11,8 @@ from core.model.loading import cpu_bf16
 
 pytestmark = pytest.mark.slow
 APP = str(Path(__file__).parent.parent / "app.py")
-PAGES = ["views/calibration.py", "views/start.py", "views/explanations.py", "views/tradeoffs.py", "views/learn.py"]
+PAGES = ["views/calibration.py", "views/start.py", "views/explanations.py", "views/tradeoffs.py", "views/sets.py",
+         "views/learn.py"]
 
 
 def _new_app(**query: str) -> AppTest:

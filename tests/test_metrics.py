@@ -15,20 +15,20 @@ from core.explain.faithfulness import Faithfulness
 from core.metrics import CALIBRATION, FAITHFULNESS, METRICS, Metric, metric
 from core.study.figures import faithfulness_curves, pareto_scatter, tradeoff_curves
 from core.study.report import render
-from core.study.sweep import COLUMNS, INTERVALS, interval_columns
+from core.study.sweep import COLUMNS, INTERVALS, SET_INTERVALS, interval_columns
 from core.task import calibration as cal
 from core.task import conformal, selective
 
 NOT_METRICS = {"dropped", "layers", "temperature", "seconds", "latency_ms", "latency_full_ms", "latency_ratio",
                "latency_ratio_lo", "latency_ratio_hi", "flop_ratio", "right_to_wrong",
-               "wrong_to_right", "mcnemar_p", "ece_noise_q95", *[c for k in INTERVALS for c in interval_columns(k)]}
-PREDICTION_SETS = {*conformal.KEYS, *selective.KEYS}
-"""Rows for the prediction-set and selective-prediction columns, whether or not a sweep writes them yet."""
+               "wrong_to_right", "mcnemar_p", "ece_noise_q95", "qhat",
+               *[c for k in (*INTERVALS, *SET_INTERVALS) for c in interval_columns(k)]}
 
 
 def test_every_metric_column_of_a_sweep_has_one_row() -> None:
-    assert set(METRICS) == (set(COLUMNS) - NOT_METRICS) | PREDICTION_SETS
-    assert set(INTERVALS) <= set(METRICS)
+    assert set(METRICS) == set(COLUMNS) - NOT_METRICS
+    assert {*conformal.KEYS, *selective.KEYS} <= set(COLUMNS)  # a sweep writes every prediction-set metric
+    assert set(INTERVALS) | set(SET_INTERVALS) <= set(METRICS)
     assert all(key == m.key for key, m in METRICS.items())
     report_fields = [f.name for f in dataclasses.fields(cal.CalibrationReport) if f.name != "n_bins"]
     assert list(CALIBRATION) == report_fields

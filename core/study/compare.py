@@ -1,10 +1,11 @@
 """Two attention masks on the same examples: the one home for "full model against pruned model".
 
-Every front end that sets two masks side by side (the Calibration, Explanations and Learn views,
-``python -m core explain``) calls this module and only arranges what it returns:
+Every front end that sets two masks side by side (the Calibration, Prediction sets, Explanations and
+Learn views, ``python -m core explain``) calls this module and only arranges what it returns:
 
 * `compare_results`: both masks evaluated on the same sample, with a metrics table (one row per
-  metric of `core.metrics`) and a per-example table (predictions, confidence, flips);
+  metric of `core.metrics`) and a per-example table (predictions, confidence, flips); its
+  `ResultComparison.sets` are the prediction sets and abstention of both (`core.study.sets`);
 * `compare_explanations`: one example explained under both masks with the same explainer, each
   explanation's ERASER faithfulness on its own model, the agreement between the two and, on
   request, the seeded random explainer's faithfulness on the base model as a floor;
@@ -49,6 +50,7 @@ from ..task.uncertainty import (
     paired_mean_difference,
     resample_counts,
 )
+from .sets import DEFAULT_ALPHA, DEFAULT_METHOD, SetStats, set_stats
 
 NAMES = ("full model", "pruned")
 
@@ -79,6 +81,7 @@ class ResultComparison:
     other: EvalResult
     names: tuple[str, str] = NAMES
     _stats: dict[tuple[int, int], PairedStats] = field(default_factory=dict, repr=False)
+    _sets: dict[tuple, SetStats] = field(default_factory=dict, repr=False)
 
     @property
     def same_mask(self) -> bool:
@@ -99,6 +102,14 @@ class ResultComparison:
         if key not in self._stats:
             self._stats[key] = paired_stats(self.base, self.other, n_resamples, seed)
         return self._stats[key]
+
+    def sets(self, alpha: float | str = DEFAULT_ALPHA, method: str = DEFAULT_METHOD, n_resamples: int = N_RESAMPLES,
+             seed: int = 0) -> SetStats:
+        """Prediction sets and abstention, paired (`core.study.sets.set_stats`; computed once per setting)."""
+        key = (str(alpha), method, n_resamples, seed)
+        if key not in self._sets:
+            self._sets[key] = set_stats(self.base, self.other, alpha, method, n_resamples, seed)
+        return self._sets[key]
 
     def predictions(self, suffixes: tuple[str, str] = ("full", "pruned")) -> pd.DataFrame:
         """One row per example, both sides' columns suffixed (``correct_full``, ``confidence_pruned``, ...)."""

@@ -39,6 +39,7 @@ from ..progress import StageProgress
 from ..task.data import Dataset, load_dataset
 from ..task.evaluation import EvalConfig
 from ..task.prompts import PromptConfig
+from .sets import DEFAULT_ALPHA, DEFAULT_METHOD, check_settings
 from .strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig, candidate_masks
 from .sweep import COLUMNS, PointConfig
 
@@ -69,6 +70,10 @@ class GridSpec:
     seed: int = 0
     calibration_n: int = 100
     """Greedy strategies: the validation examples they judge masks on."""
+    alpha: float = DEFAULT_ALPHA
+    """The prediction sets' miscoverage (`core.study.sets`)."""
+    method: str = DEFAULT_METHOD
+    """The prediction sets' conformal score."""
 
     def explainer_list(self) -> tuple[str | None, ...]:
         return self.explainers if self.faith_n > 0 else (None,)
@@ -111,7 +116,8 @@ class Plan:
 
     def point_key(self, point: Point) -> str:
         return cache_key("study-point", **self._cell_parts(point.cell), dropped=point.dropped,
-                         eval=asdict(self.eval_config()), explain=self.explain_parts(point.explainer))
+                         eval=asdict(self.eval_config()), explain=self.explain_parts(point.explainer),
+                         sets={"alpha": repr(float(self.spec.alpha)), "method": self.spec.method})
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(n=self.spec.n, seed=self.spec.seed, val_n=self.spec.val_n)
@@ -125,7 +131,7 @@ class Plan:
     def point_config(self, explainer: str | None) -> PointConfig:
         return PointConfig(eval=self.eval_config(),
                            explain=ExplainConfig.make(explainer) if explainer else None,
-                           faith_n=max(self.spec.faith_n, 1))
+                           faith_n=max(self.spec.faith_n, 1), alpha=self.spec.alpha, method=self.spec.method)
 
     def cells(self) -> list[Cell]:
         return list(dict.fromkeys(p.cell for p in self.points))
@@ -158,6 +164,7 @@ def plan(spec: GridSpec, engine: str = "local", check_device: bool = True) -> Pl
     _unknown("strategy", spec.strategies, list(STRATEGIES))
     if spec.faith_n < 0 or spec.n < 1 or spec.val_n < 0 or spec.max_drop < 0:
         raise UserError("n must be at least 1, and val_n, faith_n and max_drop at least 0")
+    check_settings(spec.alpha, spec.method)  # too few validation examples for alpha leave a point's sets empty
     if spec.faith_n > 0:
         if not spec.explainers:
             raise UserError(f"faith_n > 0 needs at least one explainer: {', '.join(EXPLAINERS)}")

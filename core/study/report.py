@@ -16,7 +16,16 @@ import plotly.graph_objects as go
 
 from ..errors import UserError
 from ..metrics import METRICS
-from .figures import LAYOUT, PALETTE, TRADEOFF_METRICS, interval_band, study_curves, tradeoff_curves
+from .figures import (
+    LAYOUT,
+    PALETTE,
+    SET_TRADEOFF_METRICS,
+    TRADEOFF_METRICS,
+    interval_band,
+    set_curves,
+    study_curves,
+    tradeoff_curves,
+)
 
 
 def _calibration_repair(table: pd.DataFrame) -> go.Figure:
@@ -127,8 +136,25 @@ def _page(title: str, body: str) -> str:
 """
 
 
+def _has_sets(table: pd.DataFrame) -> bool:
+    return any(m in table and table[m].notna().any() for m in SET_TRADEOFF_METRICS)
+
+
+def _sets_note(table: pd.DataFrame, alpha: float | None) -> str:
+    """What the prediction-set panels show, when the table has them."""
+    if not _has_sets(table):
+        return ""
+    calibrated = (f"calibrated for 1 - alpha = {1 - alpha:g} coverage" if alpha is not None else "calibrated")
+    return (f"<p>Prediction sets, {calibrated} on each mask's own validation examples: a worse model keeps its "
+            "coverage and pays with larger sets, and a threshold that jumps between two masks shows as a step in "
+            "the set size. AURC: the area under the risk-coverage curve (abstaining on the least confident "
+            "answers first). Shaded: 95% intervals, the threshold recalibrated in every resample.</p>")
+
+
 def render(table: pd.DataFrame, settings: dict, title: str = "Attention pruning sweep") -> str:
     figures = [tradeoff_curves(table), _calibration_repair(table)]
+    if _has_sets(table):
+        figures.append(set_curves(table, settings.get("alpha")))
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
              for i, fig in enumerate(figures)]
     return _page(title, f"""<p>Each row drops one more attention layer, in the strategy's order. Accuracy and
@@ -137,6 +163,8 @@ examples. {_directions([m for m in TRADEOFF_METRICS if m in table])}</p>
 {_intervals_note(table)}
 {parts[0]}
 {parts[1]}
+{_sets_note(table, settings.get("alpha"))}
+{"".join(parts[2:])}
 <h2>Table</h2>
 <div class="scroll">{table.round(4).to_html(index=False, na_rep="", border=0)}</div>
 <h2>Metrics</h2>
@@ -151,6 +179,10 @@ def render_study(table: pd.DataFrame, run: dict, title: str = "Attention pruning
     figure = (study_curves(table, metrics).to_html(full_html=False, include_plotlyjs=True,
                                                     config={"displaylogo": False})
               if len(table) else "<p>No point of the grid finished.</p>")
+    set_metrics = [m for m in SET_TRADEOFF_METRICS if m in table and table[m].notna().any()]
+    if len(table) and set_metrics:
+        figure += _sets_note(table, run.get("settings", {}).get("alpha")) + study_curves(table, set_metrics).to_html(
+            full_html=False, include_plotlyjs=False, config={"displaylogo": False})
     failed = run.get("failed") or []
     failures = (f"<h2>Failed points ({len(failed)})</h2><ul>"
                 + "".join(f"<li>{html.escape(f)}</li>" for f in failed) + "</ul><p>Rerun the same command to retry "

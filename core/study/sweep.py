@@ -26,10 +26,13 @@ from ..metrics import FAITHFULNESS, METRICS
 from ..model.efficiency import compare_latency
 from ..model.pruning import parse_layer_list, validate_mask
 from ..progress import StageProgress
-from ..task.evaluation import EvalConfig, evaluate, is_cached
+from ..task.conformal import rank
+from ..task.evaluation import EvalConfig, EvalResult, evaluate, is_cached
 from ..task.setup import Setup
 from ..task.uncertainty import Difference, Interval, mean_interval, paired_mean_difference, resample_counts
 from .compare import paired_stats
+from .sets import DEFAULT_ALPHA, DEFAULT_METHOD, check_settings, set_stats
+from .sets import KEYS as SET_KEYS
 
 INTERVALS = ("accuracy", "ece", "smooth_ece", "brier", "nll", "label_mass", "ece_temperature_scaled",
              "comprehensiveness", "sufficiency")
@@ -41,10 +44,16 @@ def interval_columns(key: str) -> list[str]:
     return [f"{key}_lo", f"{key}_hi", f"{key}_change", f"{key}_change_lo", f"{key}_change_hi", f"{key}_change_p"]
 
 
+SET_INTERVALS = ("coverage", "set_size", "singleton_share", "aurc", "accuracy_at_80")
+"""The prediction-set and abstention metrics whose sweep columns carry an interval and the paired change."""
+SET_COLUMNS = ["qhat", *SET_KEYS, *[c for k in SET_INTERVALS for c in interval_columns(k)]]
+"""Each point's prediction sets at the configured alpha and method (``qhat``: the pruned side's threshold; empty
+without validation examples, or too few for alpha) and its abstention metrics (`core.study.sets`)."""
+
 COLUMNS = ["dropped", "layers", "accuracy", "ece", "adaptive_ece", "smooth_ece", "mce", "brier", "nll", "label_mass",
            "temperature", "ece_temperature_scaled", "comprehensiveness", "sufficiency", "random_comprehensiveness",
            "random_sufficiency", "right_to_wrong", "wrong_to_right", "mcnemar_p", "ece_noise_q95",
-           *[c for k in INTERVALS for c in interval_columns(k)],
+           *[c for k in INTERVALS for c in interval_columns(k)], *SET_COLUMNS,
            "seconds", "latency_ms", "latency_full_ms", "latency_ratio", "latency_ratio_lo", "latency_ratio_hi",
            "flop_ratio"]
 TIMINGS = ("seconds", "latency_ms", "latency_full_ms", "latency_ratio", "latency_ratio_lo", "latency_ratio_hi",
@@ -58,6 +67,10 @@ class PointConfig:
     explain: ExplainConfig | None = None
     """None: accuracy and calibration only."""
     faith_n: int = 20
+    alpha: float = DEFAULT_ALPHA
+    """The prediction sets' miscoverage."""
+    method: str = DEFAULT_METHOD
+    """The prediction sets' conformal score (`core.task.conformal.METHODS`)."""
 
 
 def mask_label(drop: Sequence[int]) -> str:
@@ -84,7 +97,7 @@ def _context_key(setup: Setup, config: PointConfig) -> str:
                    "k": list(config.explain.k_percents), "n": config.faith_n}
     return cache_key("points", model=setup.lm.id, data=setup.ds.fingerprint, split=e.split, n=e.n, seed=e.seed,
                      balanced=e.balanced, prompt=asdict(setup.prompt), bins=e.n_bins, val_n=e.val_n,
-                     explain=explain,
+                     explain=explain, sets={"alpha": repr(float(config.alpha)), "method": config.method},
                      # only when set, so that the points recorded before the option existed stay found
                      **({"refit_head": True} if setup.refit_head else {}))
 
@@ -119,6 +132,7 @@ def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
         if key == "ece_temperature_scaled":
             side, diff = stats.scaled_other.get("ece"), stats.scaled_difference.get("ece")
         _put_intervals(row, key, side, diff)
+    row.update(_set_columns(full, result, config))
     fresh = not result.cached  # the mask's own scores were computed here: its time is a fair estimate
     if config.explain is not None:
         later = [tuple(m) for m in next_masks]
@@ -163,6 +177,26 @@ def readable(table: pd.DataFrame, keys: Sequence[str] = ("accuracy", "ece", "smo
                 f"{m.verdict(r[ch], r[clo] > 0 or r[chi] < 0, r[p])}" if pd.notna(r[ch]) else ""
                 for _, r in table.iterrows()]
     return out
+
+
+def _set_columns(full: EvalResult, result: EvalResult, config: PointConfig) -> dict:
+    """The `SET_COLUMNS` of a point: prediction sets where its validation examples allow ``config.alpha``,
+    abstention always, each with the paired change from the full model."""
+    check_settings(config.alpha, config.method)
+    n_cal = 0 if result.val_labels is None else len(result.val_labels)
+    if n_cal and rank(n_cal, config.alpha) > n_cal:  # too few for alpha: no sets, as without validation
+        full, result = _without_validation(full), _without_validation(result)
+    s = set_stats(full, result, config.alpha, config.method)
+    assert s.other is not None and s.difference is not None
+    row: dict = {k: s.other[k].value if k in s.other else None for k in SET_KEYS}
+    row["qhat"] = s.sets_other.qhat if s.sets_other is not None else None
+    for key in SET_INTERVALS:
+        _put_intervals(row, key, s.other.get(key), s.difference.get(key))
+    return row
+
+
+def _without_validation(result: EvalResult) -> EvalResult:
+    return replace(result, val_logits=None, val_labels=None, _memo={})
 
 
 def _put_intervals(row: dict, key: str, side: Interval | None, diff: Difference | None) -> None:

@@ -252,3 +252,27 @@ def paired_selective(probs_base: np.ndarray, probs_other: np.ndarray, labels: np
         base, other, {k: interval(getattr(base, k), da[k]) for k in KEYS},
         {k: interval(getattr(other, k), db[k]) for k in KEYS},
         {k: difference(getattr(other, k) - getattr(base, k), db[k] - da[k]) for k in KEYS})
+
+
+def risk_draws(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, ks: np.ndarray) -> np.ndarray:
+    """[R, len(ks)]: the selective risk of answering the ``k`` most confident units, for each ``k`` in ``ks``
+    (1 to n), in each resample (a row of ``counts`` [R, n]); inside a tie block, its exact expectation.
+
+    With ``counts`` all ones this is the risk-coverage curve at coverage ``k / n``; with bootstrap
+    counts it gives the curve's band, coverage level by coverage level.
+    """
+    conf, wrong = _inputs(probs, labels)
+    counts, ks = np.asarray(counts), np.asarray(ks, dtype=np.int64)
+    n = int(counts.sum(axis=1)[0]) if counts.ndim == 2 and len(counts) else 0
+    if counts.ndim != 2 or counts.shape[1] != len(conf) or (counts.sum(axis=1) != n).any():
+        raise UserError(f"the resample counts must be [R, {len(conf)}] with the same total in every row "
+                        f"(got {counts.shape})")
+    if ks.ndim != 1 or len(ks) == 0 or ks.min() < 1 or ks.max() > n:
+        raise UserError(f"the numbers of answered examples must be 1 to {n}")
+    m, e = _Blocks.of(conf, wrong).sums(counts)
+    k_end, e_end = np.cumsum(m, axis=1), np.cumsum(e, axis=1)
+    g = np.stack([np.searchsorted(row, ks, side="left") for row in k_end])  # the block that holds unit k
+    rows = np.arange(len(m))[:, None]
+    mg, eg = m[rows, g], e[rows, g]
+    k0, e0 = k_end[rows, g] - mg, e_end[rows, g] - eg
+    return (e0 + (ks[None, :] - k0) * eg / mg) / ks[None, :]

@@ -59,6 +59,8 @@ def _values(table: pd.DataFrame) -> pd.DataFrame:
     ({"max_drop": 5}, "max_drop 5 is more than the 4 attention layers"),
     ({"strategies": ("similarity", "similarity")}, "named twice"),
     ({"device": "tpu"}, "unknown device 'tpu'"),
+    ({"alpha": 1.5}, "alpha must be strictly between 0 and 1"),
+    ({"method": "lacs"}, "unknown conformal method 'lacs'"),
 ])
 def test_a_bad_grid_is_refused_before_any_model_loads(grid_inputs, monkeypatch, change, message) -> None:
     import core.model.loading as loading
@@ -66,6 +68,18 @@ def test_a_bad_grid_is_refused_before_any_model_loads(grid_inputs, monkeypatch, 
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(UserError, match=message):
         run_study(_spec(grid_inputs, **change), engine="local")
+
+
+def test_a_points_key_holds_the_prediction_sets_settings(grid_inputs) -> None:
+    from dataclasses import replace
+
+    checked = plan(_spec(grid_inputs))
+    point = checked.points[1]
+    keys = {plan(replace(checked.spec, **change)).point_key(point) for change in
+            ({}, {"alpha": 0.2}, {"method": "aps"})}
+    assert len(keys) == 3 and checked.point_key(point) in keys
+    config = plan(replace(checked.spec, alpha=0.2, method="raps")).point_config(None)
+    assert (config.alpha, config.method) == (0.2, "raps")
 
 
 def test_an_unknown_engine_is_refused(grid_inputs) -> None:
@@ -123,7 +137,8 @@ def test_the_local_grid_writes_every_point_once_and_resumes_after_an_interruptio
     assert len(pd.read_csv(out / "results.csv")) == 12
     page = (out / "report.html").read_text()
     assert "<script src=" not in page.replace('<script src="data:', "") and len(page) > 1_000_000  # offline
-    assert page.count("Plotly.newPlot") == 1 and "reviews.csv" in page and "last-to-first" in page
+    # the trade-off curves and the prediction-set and abstention curves
+    assert page.count("Plotly.newPlot") == 2 and "reviews.csv" in page and "last-to-first" in page
 
 
 def test_the_progress_counts_a_greedy_orders_candidate_masks_as_they_are_tried(grid_inputs, tmp_path) -> None:
