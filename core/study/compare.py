@@ -17,7 +17,7 @@ The base mask is the full model by default; any two masks can be compared.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -49,6 +49,7 @@ from ..task.uncertainty import (
     paired_mean_difference,
     resample_counts,
 )
+from .repair import RepairComparison, repair_key, repair_results
 
 NAMES = ("full model", "pruned")
 
@@ -79,6 +80,7 @@ class ResultComparison:
     other: EvalResult
     names: tuple[str, str] = NAMES
     _stats: dict[tuple[int, int], PairedStats] = field(default_factory=dict, repr=False)
+    _repairs: dict[tuple, RepairComparison] = field(default_factory=dict, repr=False)
 
     @property
     def same_mask(self) -> bool:
@@ -99,6 +101,19 @@ class ResultComparison:
         if key not in self._stats:
             self._stats[key] = paired_stats(self.base, self.other, n_resamples, seed)
         return self._stats[key]
+
+    def repairs(self, setup: Setup | None = None, methods: Sequence[str] | None = None,
+                params: Mapping[str, Mapping[str, object]] | None = None, full_after: bool = False,
+                n_resamples: int = N_RESAMPLES, seed: int = 0) -> RepairComparison:
+        """Every recalibration method of ``methods`` (all by default) fitted on ``other``'s validation logits and
+        compared with it unrepaired and with ``base`` (`core.study.repair.repair_results`); computed once per
+        methods, parameters and resampling. ``setup`` (the one both sides were evaluated with) gives contextual
+        calibration its content-free answers."""
+        key = repair_key(methods, params, full_after, n_resamples, seed)
+        if key not in self._repairs:
+            self._repairs[key] = repair_results(self.base, self.other, setup, methods, params, full_after=full_after,
+                                                n_resamples=n_resamples, seed=seed)
+        return self._repairs[key]
 
     def predictions(self, suffixes: tuple[str, str] = ("full", "pruned")) -> pd.DataFrame:
         """One row per example, both sides' columns suffixed (``correct_full``, ``confidence_pruned``, ...)."""
