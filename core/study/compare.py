@@ -4,7 +4,9 @@ Every front end that sets two masks side by side (the Calibration, Explanations 
 ``python -m core explain``) calls this module and only arranges what it returns:
 
 * `compare_results`: both masks evaluated on the same sample, with a metrics table (one row per
-  metric of `core.metrics`) and a per-example table (predictions, confidence, flips);
+  metric of `core.metrics`) and a per-example table (predictions, confidence, flips); its
+  `ResultComparison.repairs` fits the recalibration methods on the second mask's validation examples
+  (`core.study.repair`);
 * `compare_explanations`: one example explained under both masks with the same explainer, each
   explanation's ERASER faithfulness on its own model, the agreement between the two and, on
   request, the seeded random explainer's faithfulness on the base model as a floor;

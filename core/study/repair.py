@@ -10,6 +10,11 @@
 * how many predicted answers it changed, with McNemar's counts and p-value against the unrepaired
   pruned model, and a verdict in plain words.
 
+`repair_results` (and `ResultComparison.repairs`, which memoises it) does the same from two evaluations of
+the same examples: the pruned one's ``val_logits`` / ``val_labels`` (scored under its mask) to fit on,
+its test logits to score, and contextual calibration's content-free answers scored under each mask
+through the result cache (`cached_content_free_probs`).
+
 **Honest fitting.** Each method is fitted on the pruned model's validation logits and labels only
 and scored on the test split; it never sees a test label. A validation split smaller than a method
 needs is said in its row ("fitted on only N validation examples; this method needs about M"), and a
