@@ -274,7 +274,8 @@ def _points(stored: dict) -> dict[str, dict]:
 
 
 def points(setup: Setup, config: PointConfig) -> pd.DataFrame:
-    """Every mask evaluated so far in this context, one row each (`COLUMNS` less the timings)."""
+    """Every mask evaluated so far in this context, one row each (`COLUMNS` less the timings, and the context's
+    `repair_columns`)."""
     stored = (setup.cache.load(_context_key(setup, config), _points) if setup.cache is not None else None) or {}
     table = pd.DataFrame(list(stored.values()),
                          columns=[*(c for c in COLUMNS if c not in TIMINGS), *repair_columns(config.repair)])
