@@ -230,6 +230,8 @@ def readable_repairs(table: pd.DataFrame) -> pd.DataFrame | None:
     if not methods:
         return None
     out = table[[c for c in ("dropped", "layers", "ece") if c in table]].rename(columns={"ece": "ECE, unrepaired"})
+    if "ECE, unrepaired" in out:
+        out["ECE, unrepaired"] = [f"{v:.3f}" if pd.notna(v) else "" for v in out["ECE, unrepaired"]]
     for m in methods:
         key = repaired_column("ece", m)
         lo, hi, ch, clo, chi, _ = interval_columns(key)
@@ -240,8 +242,9 @@ def readable_repairs(table: pd.DataFrame) -> pd.DataFrame | None:
         verdict = repaired_column("verdict", m)
         changed = repaired_column("changed", m)
         out[f"{title}: verdict"] = [
-            str(r[verdict]) + (f" ({int(r[changed])} answers changed)" if pd.notna(r.get(changed)) and r[changed]
-                               else "") if pd.notna(r.get(verdict)) else "" for _, r in table.iterrows()]
+            str(r[verdict]) + (f" ({int(r[changed])} answer{'s' if r[changed] != 1 else ''} changed)"
+                               if pd.notna(r.get(changed)) and r[changed] else "")
+            if pd.notna(r.get(verdict)) else "" for _, r in table.iterrows()]
     return out
 
 
