@@ -223,3 +223,33 @@ def test_the_sidebar_counts_prefetched_masks_and_measures_latency_after_the_page
         assert _metrics(at)["attention layers kept"] == "26 / 30"
     finally:
         assert PREFETCHER.clear(wait=60)
+
+
+def test_the_repair_section_compares_the_methods_and_overlays_one_on_the_diagram(app: AppTest) -> None:
+    import json
+
+    def traces(at: AppTest) -> list[str]:
+        chart = next(c for c in at.main.get("plotly_chart") if "Reliability diagram" in c.proto.spec)
+        return [t.get("name", "") for t in json.loads(chart.proto.spec)["data"]]
+
+    app.toggle(key="keep_25").set_value(False).run()
+    assert not app.toggle(key="repair").value and not app.multiselect  # nothing fitted or scored until asked
+    app.toggle(key="repair").set_value(True).run()
+    assert not app.exception and not _errors(app)
+    table = next(t.value for t in app.main.dataframe if "answers changed" in t.value)
+    titles = ["full model (reference)", "none (pruned, unrepaired)", "temperature scaling",
+              "vector scaling (diagonal Dirichlet)", "matrix scaling (Dirichlet, ODIR)", "histogram binning",
+              "ensemble temperature scaling", "contextual calibration"]  # isotonic is left out by default
+    assert list(table.index) == titles
+    assert set(table["verdict"][2:]) <= {"restores the full model's calibration", "improves beyond noise",
+                                         "no change", "worse", "not fitted"}
+    assert table.loc["temperature scaling", "ECE 95% CI"].startswith("[")
+    assert any("after each method" in m.value for m in app.markdown)
+    assert any(b.label == "Download repair.csv" for b in app.get("download_button"))
+    assert not any("after vector scaling" in name for name in traces(app))
+    app.selectbox(key="repair_overlay").set_value("vector").run()
+    assert not app.exception
+    assert "1 attention layer dropped after vector scaling (diagonal Dirichlet)" in traces(app)
+    app.multiselect(key="repair_methods").set_value(["temperature"]).run()
+    table = next(t.value for t in app.main.dataframe if "answers changed" in t.value)
+    assert list(table.index) == titles[:3] and app.selectbox(key="repair_overlay").value == "none"

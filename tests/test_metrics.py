@@ -37,6 +37,23 @@ def test_every_metric_column_of_a_sweep_has_one_row() -> None:
         assert m.title and m.meaning and m.interval and m.range[0] < m.range[1]
 
 
+def test_repair_columns_are_generated_families_of_metrics_in_the_table() -> None:
+    """A sweep with repair methods adds, per method, each metric of `REPAIRED` (rows here) after it, with the
+    metric's interval columns, and the notes; nothing else, and nothing that clashes with the fixed columns."""
+    from core.study.sweep import REPAIR_NOTES, REPAIRED, repair_columns, repaired_column
+    from core.task.recalibration import RECALIBRATORS
+
+    assert set(REPAIRED) <= set(INTERVALS)
+    for method in RECALIBRATORS:
+        for column in repair_columns([method]):
+            metrics = [k for k in REPAIRED if column in (repaired_column(k, method),
+                                                         *interval_columns(repaired_column(k, method)))]
+            notes = [x for x in REPAIR_NOTES if column == repaired_column(x, method)]
+            assert len(metrics) + len(notes) == 1, column
+    every = repair_columns(list(RECALIBRATORS))
+    assert len(every) == len(set(every)) and not set(every) & set(COLUMNS)
+
+
 def test_directions_and_ranges() -> None:
     assert {k for k, m in METRICS.items() if not m.lower_is_better} == {
         "accuracy", "comprehensiveness", "random_comprehensiveness", "label_mass", "coverage", "singleton_share",

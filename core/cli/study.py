@@ -42,6 +42,9 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--faith-n", type=int, default=0, help="examples explained per point (default 0: none)")
     p.add_argument("--explainers", default="occlusion", help="comma-separated, used when --faith-n > 0")
     p.add_argument("--calibration-n", type=int, default=100, help="greedy strategies: validation examples judged")
+    p.add_argument("--repair", default=None, metavar="METHOD,..",
+                   help="also fit these recalibration methods on each point's validation split ('all': every one) "
+                        "and add their columns")
     p.add_argument("--engine", default="local", help="local (this process) or ray")
     p.add_argument("--address", default=None, help="ray: a cluster to join (default: start a local runtime)")
     p.add_argument("--workers", type=int, default=None,
@@ -56,6 +59,7 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..study.grid import GridSpec, run_study
+    from ..study.repair import parse_methods
 
     if args.workers is not None and args.workers < 1 or args.cpus_per_worker < 1:
         raise UserError("--workers and --cpus-per-worker must be at least 1")
@@ -66,7 +70,8 @@ def run(args: argparse.Namespace) -> None:
                     strategies=_names(args.strategies, "--strategies"), max_drop=args.max_drop, n=args.n,
                     val_n=args.val_n, faith_n=args.faith_n, explainers=_names(args.explainers, "--explainers"),
                     prompt=prompt_config(args), dtype=args.dtype, device=args.device, seed=args.seed,
-                    calibration_n=args.calibration_n, alpha=args.alpha, method=args.conformal_method)
+                    calibration_n=args.calibration_n, alpha=args.alpha, method=args.conformal_method,
+                    repair=parse_methods(args.repair, "--repair") if args.repair is not None else ())
     with Bar("study (points and greedy candidates)", unit="mask") as bar:
         result = run_study(spec, args.out, engine=args.engine, address=args.address, workers=args.workers,
                            cpus_per_worker=args.cpus_per_worker, progress=bar)

@@ -145,7 +145,7 @@ def interval_band(table: pd.DataFrame, x: str, key: str, colour: str) -> go.Scat
         return None
     return go.Scatter(x=[*rows[x], *rows[x][::-1]], y=[*rows[hi], *rows[lo][::-1]], fill="toself", mode="lines",
                       line=dict(width=0), fillcolor=_rgba(colour, 0.18), hoverinfo="skip",
-                      name=f"{METRICS[key].title}: 95% interval", showlegend=False)
+                      name=f"{METRICS[key].title if key in METRICS else key}: 95% interval", showlegend=False)
 
 
 def tradeoff_curves(table: pd.DataFrame, x: str = "dropped", current: int | None = None) -> go.Figure:
@@ -353,4 +353,39 @@ def importance_bars(scores: Sequence[float], dropped: Sequence[int] = ()) -> go.
     ))
     fig.update_layout(**LAYOUT, height=260, xaxis_title="attention layer", yaxis_title="1 - cos(x, x + attn(x))",
                       title="Importance of each attention layer (low = redundant)")
+    return fig
+
+
+METHOD_COLOURS = [*PALETTE, "#1098ad", "#5c940d", "#d6336c"]
+"""One colour per recalibration method (there are seven), in menu order."""
+
+
+def repair_curves(table: pd.DataFrame, x: str = "dropped", title: str = "ECE after repair against layers dropped"
+                  ) -> go.Figure:
+    """ECE against the number of attention layers dropped, unrepaired and after each repair method of a sweep table
+    (its ``ece_repaired_<method>`` columns), each line in its shaded 95% interval; the ECE a perfectly calibrated
+    model reaches in 95% of samples of this size dotted, when the table has it."""
+    from ..task.recalibration import RECALIBRATORS
+    from .sweep import repaired_column, repaired_methods
+
+    ece = METRICS["ece"]
+    fig = go.Figure()
+    menu = list(RECALIBRATORS)
+    lines = [("ece", f"{ece.title}, unrepaired", RANDOM)] + [
+        (repaired_column("ece", m), f"{ece.title} after {RECALIBRATORS[m].title}",
+         METHOD_COLOURS[menu.index(m) % len(METHOD_COLOURS)]) for m in repaired_methods(table)]
+    rows = table.sort_values(x)
+    for i, (column, name, colour) in enumerate(lines):
+        if column not in rows or rows[column].isna().all():
+            continue
+        band = interval_band(rows, x, column, colour)
+        if band is not None:
+            fig.add_trace(band.update(name=f"{name}: 95% interval", legendgroup=name))
+        fig.add_trace(go.Scatter(x=rows[x], y=rows[column], mode="lines+markers", name=name, legendgroup=name,
+                                 line=dict(color=colour, dash="dash" if i == 0 else "solid")))
+    if "ece_noise_q95" in rows and rows["ece_noise_q95"].notna().any():
+        fig.add_trace(go.Scatter(x=rows[x], y=rows["ece_noise_q95"], mode="lines", line=dict(color="grey", dash="dot"),
+                                 name="ECE a perfectly calibrated model reaches in 95% of samples"))
+    fig.update_layout(**LAYOUT, height=380, title=title, xaxis_title="attention layers dropped",
+                      yaxis_title=ece.axis_title())
     return fig

@@ -39,9 +39,11 @@ from ..progress import StageProgress
 from ..task.data import Dataset, load_dataset
 from ..task.evaluation import EvalConfig
 from ..task.prompts import PromptConfig
+from ..task.recalibration import RECALIBRATION_VERSION, RECALIBRATORS
+from .repair import require_validation
 from .sets import DEFAULT_ALPHA, DEFAULT_METHOD, check_settings
 from .strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig, candidate_masks
-from .sweep import COLUMNS, PointConfig
+from .sweep import COLUMNS, PointConfig, repair_columns
 
 ENGINES = ("local", "ray")
 GREEDY = ("greedy-divergence", "trust-greedy")
@@ -74,6 +76,8 @@ class GridSpec:
     """The prediction sets' miscoverage (`core.study.sets`)."""
     method: str = DEFAULT_METHOD
     """The prediction sets' conformal score."""
+    repair: tuple[str, ...] = ()
+    """Recalibration methods fitted on each point's validation split (their columns: `repair_columns`)."""
 
     def explainer_list(self) -> tuple[str | None, ...]:
         return self.explainers if self.faith_n > 0 else (None,)
@@ -117,7 +121,10 @@ class Plan:
     def point_key(self, point: Point) -> str:
         return cache_key("study-point", **self._cell_parts(point.cell), dropped=point.dropped,
                          eval=asdict(self.eval_config()), explain=self.explain_parts(point.explainer),
-                         sets={"alpha": repr(float(self.spec.alpha)), "method": self.spec.method})
+                         sets={"alpha": repr(float(self.spec.alpha)), "method": self.spec.method},
+                         # only when asked for, so that the points stored before the option existed stay found
+                         **({"repair": list(self.spec.repair), "repair_version": RECALIBRATION_VERSION}
+                            if self.spec.repair else {}))
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(n=self.spec.n, seed=self.spec.seed, val_n=self.spec.val_n)
@@ -131,7 +138,12 @@ class Plan:
     def point_config(self, explainer: str | None) -> PointConfig:
         return PointConfig(eval=self.eval_config(),
                            explain=ExplainConfig.make(explainer) if explainer else None,
-                           faith_n=max(self.spec.faith_n, 1), alpha=self.spec.alpha, method=self.spec.method)
+                           faith_n=max(self.spec.faith_n, 1), alpha=self.spec.alpha, method=self.spec.method,
+                           repair=self.spec.repair)
+
+    def columns(self) -> list[str]:
+        """The columns of results.csv: `COLUMNS_OUT`, with the repair methods' before ``cached``."""
+        return [*COLUMNS_OUT[:-1], *repair_columns(self.spec.repair), COLUMNS_OUT[-1]]
 
     def cells(self) -> list[Cell]:
         return list(dict.fromkeys(p.cell for p in self.points))
@@ -175,6 +187,10 @@ def plan(spec: GridSpec, engine: str = "local", check_device: bool = True) -> Pl
         if spec.max_drop > info.num_layers:
             raise UserError(f"max_drop {spec.max_drop} is more than the {info.num_layers} attention layers of "
                             f"'{name}'; use 0 to {info.num_layers}")
+    if spec.repair:
+        _unknown("recalibration method", spec.repair, list(RECALIBRATORS))
+        for ds in datasets.values():
+            require_validation(ds, spec.val_n, "the repair methods")
     greedy = [s for s in spec.strategies if s in GREEDY]
     lacking = [d for d, ds in datasets.items() if not ds.splits.get("validation")]
     if greedy and lacking:
@@ -458,10 +474,11 @@ def _label(what: Point | Cell) -> str:
 
 
 def _table(checked: Plan, rows: dict[Point, dict]) -> pd.DataFrame:
+    columns = checked.columns()
     records = [{"model": p.cell.model, "dataset": p.cell.dataset, "strategy": p.cell.strategy,
-                "explainer": p.explainer or "", **{k: v for k, v in rows[p].items() if k in COLUMNS_OUT}}
+                "explainer": p.explainer or "", **{k: v for k, v in rows[p].items() if k in columns}}
                for p in checked.points if p in rows]
-    return pd.DataFrame(records, columns=COLUMNS_OUT)
+    return pd.DataFrame(records, columns=columns)
 
 
 def _settings(spec: GridSpec) -> dict:

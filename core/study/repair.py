@@ -10,6 +10,11 @@
 * how many predicted answers it changed, with McNemar's counts and p-value against the unrepaired
   pruned model, and a verdict in plain words.
 
+`repair_results` (and `ResultComparison.repairs`, which memoises it) does the same from two evaluations of
+the same examples: the pruned one's ``val_logits`` / ``val_labels`` (scored under its mask) to fit on,
+its test logits to score, and contextual calibration's content-free answers scored under each mask
+through the result cache (`cached_content_free_probs`).
+
 **Honest fitting.** Each method is fitted on the pruned model's validation logits and labels only
 and scored on the test split; it never sees a test label. A validation split smaller than a method
 needs is said in its row ("fitted on only N validation examples; this method needs about M"), and a
@@ -35,22 +40,29 @@ judged by the exact McNemar test at p < 0.05, the house test for flipped answers
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..errors import UserError
 from ..metrics import METRICS
+from ..model.pruning import validate_mask
 from ..task import calibration as cal
+from ..task.data import Example
+from ..task.evaluation import EvalResult, score_cached
 from ..task.recalibration import (
+    RECALIBRATION_VERSION,
     RECALIBRATORS,
     Fitted,
     NotFittable,
     check_labels,
     check_logits,
     check_recalibrator,
+    content_free_texts,
 )
 from ..task.uncertainty import (
     LEVEL,
@@ -65,6 +77,10 @@ from ..task.uncertainty import (
     resample_counts,
     wilson,
 )
+
+if TYPE_CHECKING:
+    from ..task.data import Dataset
+    from ..task.setup import Setup
 
 REPAIR_KEYS = ("accuracy", "ece", "smooth_ece", "brier", "nll")
 """The metrics of every row, in table order."""
@@ -345,3 +361,102 @@ def compare_repairs(
                               metrics=scored.intervals, vs_pruned=vs_pruned, vs_full=vs_full, changed=changed,
                               mcnemar=flips, **after))
     return RepairComparison(len(labels), len(y_val), k, n_bins, n_resamples, seed, full.intervals, tuple(rows))
+
+
+# ---------------------------------------------------------------- one mask's evaluations -> the comparison
+
+CONTENT_FREE_SPLIT = "content-free"
+"""The split name the content-free inputs' scores are cached under (they belong to no split of the data)."""
+
+
+def parse_methods(raw: str, option: str = "--methods") -> tuple[str, ...]:
+    """``"temperature,vector"`` -> the methods in menu order; ``"all"`` -> every method; unknown names refused."""
+    names = [x.strip() for x in raw.split(",") if x.strip()]
+    if names == ["all"]:
+        return tuple(RECALIBRATORS)
+    if not names:
+        raise UserError(f"{option} takes method names separated by commas, or 'all'; the methods: "
+                        f"{', '.join(RECALIBRATORS)}")
+    if bad := [x for x in names if x not in RECALIBRATORS]:
+        raise UserError(f"{option}: unknown recalibration method{'s' if len(bad) > 1 else ''} "
+                        f"{', '.join(repr(x) for x in bad)}; use {', '.join(RECALIBRATORS)} (or 'all')")
+    return tuple(m for m in RECALIBRATORS if m in names)
+
+
+def require_validation(dataset: Dataset, val_n: int, what: str = "the repair methods") -> None:
+    """A `UserError` saying what to do when ``what`` would have no validation examples to be fitted on."""
+    if val_n < 1:
+        raise UserError(f"{what} are fitted on validation examples, and none are asked for (val_n = {val_n}): "
+                        "ask for some, e.g. --val-n 100")
+    if not dataset.splits.get("validation"):
+        raise UserError(f"{what} are fitted on validation examples, and dataset '{dataset.name}' has no "
+                        "validation split: use a dataset with one")
+
+
+def cached_content_free_probs(setup: Setup, drop: Sequence[int] = ()) -> np.ndarray:
+    """`core.task.recalibration.content_free_probs` with the scores read from (or stored in) the result cache.
+
+    The content-free inputs are scored as examples of their own split, through the same prompt and mask,
+    so a mask's contextual calibration costs its scoring once. Their ids carry the texts, so changing
+    the content-free inputs changes the key.
+    """
+    drop = sorted(validate_mask(drop, setup.lm.num_layers))
+    examples = [Example(f"content-free-v{RECALIBRATION_VERSION}:{text}", text, 0)
+                for text in content_free_texts(setup.lm.tokenizer)]
+    scores = score_cached(setup, drop, setup.builder(drop), CONTENT_FREE_SPLIT, examples)
+    return cal.softmax(scores.logits).mean(axis=0)
+
+
+def repair_key(methods: Sequence[str] | None, params: Mapping[str, Mapping[str, object]] | None, full_after: bool,
+               n_resamples: int, seed: int) -> tuple:
+    """What a memoised repair comparison of two evaluations is looked up by (see `ResultComparison.repairs`)."""
+    names = tuple(RECALIBRATORS) if methods is None else tuple(methods)
+    return names, json.dumps(params or {}, sort_keys=True, default=str), full_after, n_resamples, seed
+
+
+def repair_results(full: EvalResult, pruned: EvalResult, setup: Setup | None = None,
+                   methods: Sequence[str] | None = None, params: Mapping[str, Mapping[str, object]] | None = None,
+                   *, full_after: bool = False, n_resamples: int = N_RESAMPLES, seed: int = 0) -> RepairComparison:
+    """`compare_repairs` of two evaluations of the same examples: every method fitted on ``pruned``'s
+    validation logits (its ``val_logits`` / ``val_labels``, scored under the same mask) and scored on its
+    test logits, against ``full`` on the same test examples.
+
+    ``setup`` gives contextual calibration its content-free answers, scored under each side's mask
+    (through the cache); without it, that row says it needs them. ``full_after`` also fits each method
+    on ``full``'s validation logits (the rows then show the full model after the same method). The
+    number of ECE bins is the evaluations' own.
+    """
+    if [ex.id for ex in full.examples] != [ex.id for ex in pruned.examples]:
+        raise UserError("the two evaluations cover different examples; a repair comparison needs the same ones "
+                        "(same data, split, n and seed)")
+    sides = (pruned, full) if full_after else (pruned,)
+    if any(r.val_logits is None or r.val_labels is None for r in sides):
+        raise UserError("the repair methods are fitted on validation examples, and this evaluation has none: "
+                        "evaluate with validation examples (val_n above 0, e.g. --val-n 100) on a dataset with a "
+                        "validation split")
+    if full_after and not np.array_equal(full.val_labels, pruned.val_labels):
+        raise UserError("the two evaluations' validation examples differ; the full model after the same method "
+                        "needs the same ones")
+    names = list(RECALIBRATORS) if methods is None else [check_recalibrator(m).name for m in methods]
+    contextual = setup is not None and "contextual" in names
+    return compare_repairs(
+        full.logits, pruned.val_logits, pruned.val_labels, pruned.logits, pruned.labels, methods=names,
+        params=params,
+        content_free=cached_content_free_probs(setup, pruned.dropped_attention_layers) if contextual else None,
+        full_val_logits=full.val_logits if full_after else None,
+        full_content_free=(cached_content_free_probs(setup, full.dropped_attention_layers)
+                           if contextual and full_after else None),
+        n_bins=pruned.metrics.n_bins, n_resamples=n_resamples, seed=seed)
+
+
+def repaired_probs(result: EvalResult, method: str, setup: Setup | None = None,
+                   params: Mapping[str, object] | None = None) -> np.ndarray:
+    """``result``'s test probabilities after ``method``, fitted on its validation logits (for a reliability
+    diagram); raises `NotFittable` (a `UserError`) with the reason when the method cannot be fitted."""
+    info = check_recalibrator(method)
+    if result.val_logits is None or result.val_labels is None:
+        raise UserError(f"{info.title} is fitted on validation examples, and this evaluation has none")
+    content_free = (cached_content_free_probs(setup, result.dropped_attention_layers)
+                    if setup is not None and method == "contextual" else None)
+    fitted = info.fit(result.val_logits, result.val_labels, content_free, **dict(params or {}))
+    return fitted.probs(result.logits)

@@ -5,6 +5,10 @@ faithfulness of an explainer on the first ``faith_n`` of those examples, with th
 Every part comes from or goes to the result cache, so an interrupted sweep resumes where it stopped
 and a point computed once (in the app, the CLI or a sweep) is never computed again.
 
+With repair methods (`PointConfig.repair`), each point also carries, per method fitted on the mask's
+validation split (`core.study.repair`), its ECE, smooth ECE and accuracy with intervals and their
+changes from the full model, its verdict and the answers it changed (`repair_columns`).
+
 Each computed point is also recorded under its *context* (model, data, prompt, sample and explainer
 settings), so that the trade-off view can show every mask evaluated so far in that context.
 """
@@ -28,9 +32,11 @@ from ..model.pruning import parse_layer_list, validate_mask
 from ..progress import StageProgress
 from ..task.conformal import rank
 from ..task.evaluation import EvalConfig, EvalResult, evaluate, is_cached
+from ..task.recalibration import RECALIBRATION_VERSION, RECALIBRATORS
 from ..task.setup import Setup
 from ..task.uncertainty import Difference, Interval, mean_interval, paired_mean_difference, resample_counts
 from .compare import paired_stats
+from .repair import RepairComparison, repair_results
 from .sets import DEFAULT_ALPHA, DEFAULT_METHOD, check_settings, set_stats
 from .sets import KEYS as SET_KEYS
 
@@ -56,6 +62,34 @@ COLUMNS = ["dropped", "layers", "accuracy", "ece", "adaptive_ece", "smooth_ece",
            *[c for k in INTERVALS for c in interval_columns(k)], *SET_COLUMNS,
            "seconds", "latency_ms", "latency_full_ms", "latency_ratio", "latency_ratio_lo", "latency_ratio_hi",
            "flop_ratio"]
+REPAIRED = ("ece", "smooth_ece", "accuracy")
+"""The metrics a sweep with repair methods (``PointConfig.repair``) writes per method, each with the interval
+columns of `interval_columns`: the pruned model after the method, and its change from the full model."""
+REPAIR_NOTES = ("verdict", "changed")
+"""Per method, the comparison's verdict in words and how many predicted answers it changed."""
+
+
+def repaired_column(key: str, method: str) -> str:
+    """The column of metric ``key`` after repair ``method``: ``ece_repaired_temperature``."""
+    return f"{key}_repaired_{method}"
+
+
+def repair_columns(methods: Sequence[str]) -> list[str]:
+    """The columns a sweep with ``methods`` adds, per method: each metric of `REPAIRED` after it, with its interval
+    columns, then `REPAIR_NOTES` (``verdict_repaired_<method>``, ``changed_repaired_<method>``)."""
+    out: list[str] = []
+    for m in methods:
+        for key in REPAIRED:
+            out += [repaired_column(key, m), *interval_columns(repaired_column(key, m))]
+        out += [repaired_column(x, m) for x in REPAIR_NOTES]
+    return out
+
+
+def repaired_methods(table: pd.DataFrame) -> list[str]:
+    """The repair methods a sweep table has columns for, in menu order."""
+    return [m for m in RECALIBRATORS if repaired_column("ece", m) in table]
+
+
 TIMINGS = ("seconds", "latency_ms", "latency_full_ms", "latency_ratio", "latency_ratio_lo", "latency_ratio_hi",
            "flop_ratio")
 """Measured afresh on each run, never stored with a point."""
@@ -71,6 +105,8 @@ class PointConfig:
     """The prediction sets' miscoverage."""
     method: str = DEFAULT_METHOD
     """The prediction sets' conformal score (`core.task.conformal.METHODS`)."""
+    repair: tuple[str, ...] = ()
+    """Recalibration methods to fit on each mask's validation split (`repair_columns`); none by default."""
 
 
 def mask_label(drop: Sequence[int]) -> str:
@@ -98,8 +134,10 @@ def _context_key(setup: Setup, config: PointConfig) -> str:
     return cache_key("points", model=setup.lm.id, data=setup.ds.fingerprint, split=e.split, n=e.n, seed=e.seed,
                      balanced=e.balanced, prompt=asdict(setup.prompt), bins=e.n_bins, val_n=e.val_n,
                      explain=explain, sets={"alpha": repr(float(config.alpha)), "method": config.method},
-                     # only when set, so that the points recorded before the option existed stay found
-                     **({"refit_head": True} if setup.refit_head else {}))
+                     # only when set, so that the points recorded before the options existed stay found
+                     **({"refit_head": True} if setup.refit_head else {}),
+                     **({"repair": list(config.repair), "repair_version": RECALIBRATION_VERSION}
+                        if config.repair else {}))
 
 
 def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
@@ -133,6 +171,8 @@ def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
             side, diff = stats.scaled_other.get("ece"), stats.scaled_difference.get("ece")
         _put_intervals(row, key, side, diff)
     row.update(_set_columns(full, result, config))
+    if config.repair:
+        _put_repairs(row, repair_results(full, result, setup, config.repair))
     fresh = not result.cached  # the mask's own scores were computed here: its time is a fair estimate
     if config.explain is not None:
         later = [tuple(m) for m in next_masks]
@@ -205,6 +245,43 @@ def _put_intervals(row: dict, key: str, side: Interval | None, diff: Difference 
     row.update(zip(interval_columns(key), values, strict=True))
 
 
+def _put_repairs(row: dict, repairs: RepairComparison) -> None:
+    """Each method's `REPAIRED` metrics with intervals and changes from the full model, verdict and answers changed
+    (a method that could not be fitted leaves its metrics empty and says so in its verdict)."""
+    for r in repairs.rows[1:]:
+        for key in REPAIRED:
+            column = repaired_column(key, r.method)
+            row[column] = r.metrics[key].value if r.fitted else None
+            _put_intervals(row, column, r.metrics.get(key), r.vs_full.get(key))
+        row[repaired_column("verdict", r.method)] = r.verdict if r.fitted else f"{r.verdict}: {r.error}"
+        row[repaired_column("changed", r.method)] = r.changed if r.fitted else None
+
+
+def readable_repairs(table: pd.DataFrame) -> pd.DataFrame | None:
+    """One row per mask of a sweep table with repair columns: per method, its ECE after repair with the 95%
+    interval, its change from the full model with the paired interval, and its verdict (None without repairs)."""
+    methods = repaired_methods(table)
+    if not methods:
+        return None
+    out = table[[c for c in ("dropped", "layers", "ece") if c in table]].rename(columns={"ece": "ECE, unrepaired"})
+    if "ECE, unrepaired" in out:
+        out["ECE, unrepaired"] = [f"{v:.3f}" if pd.notna(v) else "" for v in out["ECE, unrepaired"]]
+    for m in methods:
+        key = repaired_column("ece", m)
+        lo, hi, ch, clo, chi, _ = interval_columns(key)
+        title = RECALIBRATORS[m].title
+        out[f"ECE after {title}"] = [
+            f"{r[key]:.3f} [{r[lo]:.3f}, {r[hi]:.3f}]; from full {r[ch]:+.3f} [{r[clo]:+.3f}, {r[chi]:+.3f}]"
+            if pd.notna(r[key]) else "" for _, r in table.iterrows()]
+        verdict = repaired_column("verdict", m)
+        changed = repaired_column("changed", m)
+        out[f"{title}: verdict"] = [
+            str(r[verdict]) + (f" ({int(r[changed])} answer{'s' if r[changed] != 1 else ''} changed)"
+                               if pd.notna(r.get(changed)) and r[changed] else "")
+            if pd.notna(r.get(verdict)) else "" for _, r in table.iterrows()]
+    return out
+
+
 _RECORDING = threading.Lock()
 """One read-modify-write of a context's points at a time (a background sweep and the page both record)."""
 
@@ -234,9 +311,11 @@ def _points(stored: dict) -> dict[str, dict]:
 
 
 def points(setup: Setup, config: PointConfig) -> pd.DataFrame:
-    """Every mask evaluated so far in this context, one row each (`COLUMNS` less the timings)."""
+    """Every mask evaluated so far in this context, one row each (`COLUMNS` less the timings, and the context's
+    `repair_columns`)."""
     stored = (setup.cache.load(_context_key(setup, config), _points) if setup.cache is not None else None) or {}
-    table = pd.DataFrame(list(stored.values()), columns=[c for c in COLUMNS if c not in TIMINGS])
+    table = pd.DataFrame(list(stored.values()),
+                         columns=[*(c for c in COLUMNS if c not in TIMINGS), *repair_columns(config.repair)])
     return table.sort_values(["dropped", "layers"]).reset_index(drop=True)
 
 
@@ -267,7 +346,8 @@ def sweep(setup: Setup, order: Sequence[int], max_drop: int, config: PointConfig
     is the median of the paired ratios with its 95% interval (``_lo``, ``_hi``), and ``flop_ratio`` the ratio
     the FLOP count alone gives (`core.model.efficiency.compare_latency`).
     """
-    return pd.DataFrame(list(sweep_steps(setup, order, max_drop, config, progress, latency)), columns=COLUMNS)
+    return pd.DataFrame(list(sweep_steps(setup, order, max_drop, config, progress, latency)),
+                        columns=[*COLUMNS, *repair_columns(config.repair)])
 
 
 @dataclass(frozen=True)
