@@ -50,6 +50,9 @@ def test_heal_this_mask_then_show_the_healed_model_on_the_calibration_view(modul
     at.run()
     _no_problem(at)
     assert "The adapters for this mask (2 lm steps) are cached." in " ".join(c.value for c in at.sidebar.caption)
+    assert at.toggle(key="show_healed").value is True  # started here: shown once cached
+    at.toggle(key="show_healed").set_value(False).run()
+    assert not any(h.value.startswith("Pruned and healed") for h in at.main.subheader) and "heal" not in at.query_params
     at.toggle(key="show_healed").set_value(True).run()
     _no_problem(at)
     assert any(h.value.startswith("Pruned and healed") for h in at.main.subheader)
@@ -74,8 +77,24 @@ def test_heal_this_mask_then_show_the_healed_model_on_the_calibration_view(modul
     _no_problem(other)
     assert "heal_job" not in other.session_state
     assert any("its adapters are not cached here" in i.value for i in other.sidebar.info)
+    assert not [t for t in other.toggle if t.key == "show_healed"]
     assert any("shows here once its adapters are cached" in i.value for i in other.main.info)
     assert other.button(key="heal_start").label == "Start healing"  # 3 steps are another request, from scratch
+
+
+def test_stop_ends_the_background_healing_and_says_so(module_results) -> None:
+    at = _new_app(drop="25").run()  # 50 steps, the CPU default: minutes, so Stop comes first
+    at.button(key="heal_start").click().run()
+    _no_problem(at)
+    job = at.session_state["heal_job"]
+    assert job.running and at.button(key="heal_stop").label == "Stop"
+    assert any("shows here once its adapters are cached" in i.value for i in at.main.info)
+    at.button(key="heal_stop").click().run()
+    assert job.wait(300) and job.stopped and not job.complete and job.error is None
+    at.run()
+    _no_problem(at)
+    assert any(w.value.startswith(f"Healing stopped at step {job.step} of 50") for w in at.sidebar.warning)
+    assert at.button(key="heal_start").disabled is False
 
 
 def test_an_encoder_says_healing_is_for_causal_lms(module_results) -> None:

@@ -62,10 +62,13 @@ def _sync_show() -> None:
 
 
 def _start(setup: Setup, drop: tuple[int, ...], config: HealConfig) -> None:
+    """Start healing in the background; the healed model is then shown as soon as its adapters are cached."""
     try:
         st.session_state[JOB] = HealJob(setup, drop, config).start()
     except UserError as err:
         st.session_state["_heal_error"] = str(err)
+        return
+    st.session_state[URL] = config.objective
 
 
 def _watch(job: HealJob) -> None:
@@ -136,9 +139,10 @@ def panel(setup: Setup, drop: tuple[int, ...]) -> HealResult | None:
                                       "the full and the pruned model")
                 st.caption(f"The adapters for this mask ({steps} {objective} steps) are cached.")
                 return _result(setup, drop, config) if show else None
-            if wanted != NOT_HEALED:
-                st.info(f"The link shows the healed model ({objective}, {steps} steps), but its adapters are not "
-                        "cached here: press Start healing to train them (nothing trains by itself).")
+            if wanted != NOT_HEALED and not running:
+                st.info(f"The healed model ({objective}, {steps} steps) is asked for (by the link, or before the "
+                        "settings changed), but its adapters are not cached here: press Start healing to train "
+                        "them (nothing trains by itself).")
             st.caption(f"Heal the pruned model: {estimate.text()}.")
             label = "Resume healing" if estimate.cached else "Start healing"
             st.button(label, key="heal_start", type="primary", disabled=running, width="stretch",
