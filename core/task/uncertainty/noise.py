@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import calibration as cal
-from .common import _check_bins, _check_sims, _inputs, _probs
+from .common import _bin_sums, _check_bins, _check_sims, _inputs, _probs
 from .intervals import LEVEL
-from .resampling import _bin_sums
 from .smooth import _smooth_many
 
 NOISE_FLOOR_KEYS = ("ece", "adaptive_ece", "smooth_ece")
@@ -56,15 +55,34 @@ def noise_floor(probs: np.ndarray, labels: np.ndarray, n_bins: int = cal.DEFAULT
     _check_sims(n_sims)
     conf, sims = _simulated(probs, n_sims, seed)
     residual = sims - conf  # correct - confidence, per simulation
-    ones = np.ones_like(sims)
-    n = float(len(conf))
-    ece = np.abs(_bin_sums(residual, conf, n_bins)).sum(axis=1) / n
     order = np.argsort(conf, kind="stable")
-    adaptive = _adaptive_fixed(residual, order, n_bins)
-    smooth = _smooth_many(conf, ones, -residual)
     report = cal.report(probs, labels, n_bins)
-    return {key: NoiseFloor(key, float(d.mean()), float(np.quantile(d, LEVEL)), float(getattr(report, key)))
-            for key, d in (("ece", ece), ("adaptive_ece", adaptive), ("smooth_ece", smooth))}
+    out = {}
+    for key in NOISE_FLOOR_KEYS:
+        d = _fixed(key, conf, residual, order, n_bins)
+        out[key] = NoiseFloor(key, float(d.mean()), float(np.quantile(d, LEVEL)), float(getattr(report, key)))
+    return out
+
+
+def _fixed(key: str, conf: np.ndarray, residual: np.ndarray, order: np.ndarray, n_bins: int,
+           centre: float | None = None) -> np.ndarray:
+    """Calibration error ``key`` of every row of per-example residuals (correct - confidence), the
+    confidences fixed: simulated correctness, or its expectation under a calibration curve.
+
+    ``order`` sorts the confidences (for adaptive ECE); ``centre`` is a guess of smooth ECE's
+    value (it only places the first bandwidths searched).
+    """
+    n = residual.shape[1]
+    if key == "ece":
+        return np.abs(_bin_sums(residual, conf, n_bins)).sum(axis=1) / n
+    if key == "mce":
+        count = _bin_sums(np.ones((1, n)), conf, n_bins)  # the non-empty bins only, so never 0
+        return (np.abs(_bin_sums(residual, conf, n_bins)) / count).max(axis=1)
+    if key == "adaptive_ece":
+        return _adaptive_fixed(residual, order, n_bins)
+    if key == "smooth_ece":
+        return _smooth_many(conf, np.ones_like(residual), -residual, centre)
+    raise ValueError(f"not a calibration error: {key!r}")
 
 
 def _adaptive_fixed(residual: np.ndarray, order: np.ndarray, n_bins: int) -> np.ndarray:

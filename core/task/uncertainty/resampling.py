@@ -1,17 +1,17 @@
-"""The bootstrap: every metric on many resamples at once, and the intervals and paired differences built on them.
+"""The bootstrap: every metric on many resamples at once, and the intervals of means built on them.
 
-* **One evaluation.** Accuracy gets the Wilson interval (`core.task.uncertainty.intervals`). Every
-  other metric gets a percentile bootstrap: the examples are resampled with replacement
-  ``N_RESAMPLES`` times, the metric recomputed on each resample, and the 2.5% and 97.5% quantiles of
-  those values are the interval. Resamples are drawn as a count matrix (how often each example is
-  drawn) and every metric is computed from it with matrix products and cumulative sums, no loop
-  over resamples. Means of per-example values (`mean_interval`, e.g. comprehensiveness) get the
-  same percentile bootstrap.
+* **Resamples** are drawn as a count matrix (how often each example is drawn in each of
+  ``N_RESAMPLES`` resamples with replacement), and every metric is computed from it with matrix
+  products and cumulative sums, no loop over resamples.
+* **Percentile intervals.** A metric recomputed on every resample gives the interval of its 2.5%
+  and 97.5% quantiles: Brier score, NLL and means of per-example values (`mean_interval`, e.g.
+  comprehensiveness, the label mass). Unbiased means are what this suits; the calibration errors
+  are not (`core.task.uncertainty.inversion`), and `core.task.uncertainty.methods` says which
+  metric gets what.
 * **Two evaluations of the same examples** (full and pruned, or any two masks). The *same*
   resamples are applied to both sides, and the interval of the difference (other - base) is the
   middle 95% of the per-resample differences: a paired bootstrap, much narrower than comparing two
-  separate intervals because both sides share each example's difficulty. A model compared with
-  itself gets difference 0, interval [0, 0], p = 1.
+  separate intervals because both sides share each example's difficulty.
 * **Metrics on resamples** are the definitions of `core.task.calibration`, computed with the
   counts as example weights, which is the same as computing them on the explicitly repeated
   sample (the tests check this to 1e-12): weighted means for accuracy, Brier and NLL; bin sums by
@@ -31,8 +31,8 @@ import numpy as np
 
 from ...errors import UserError
 from .. import calibration as cal
-from .common import _check_bins, _check_counts, _dot, _inputs
-from .intervals import Difference, Interval, _difference, _percentile, wilson
+from .common import _bin_sums, _check_bins, _check_counts, _dot, _inputs
+from .intervals import Difference, Interval, _percentile, bootstrap_difference
 from .smooth import _smooth_many
 
 N_RESAMPLES = 1000
@@ -50,14 +50,6 @@ def resample_counts(n: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -> np
     return np.bincount(flat, minlength=n_resamples * n).reshape(n_resamples, n).astype(np.int32)
 
 
-def _bin_sums(values: np.ndarray, conf: np.ndarray, n_bins: int) -> np.ndarray:
-    """[rows, non-empty bins]: each row of ``values`` [rows, n] summed over each equal-width bin's examples."""
-    bins = cal._bin_index(conf, n_bins)
-    order = np.argsort(bins, kind="stable")
-    starts = np.flatnonzero(np.diff(bins[order], prepend=-1))
-    return np.add.reduceat(values[:, order], starts, axis=1)
-
-
 def _binned(weights: np.ndarray, residual: np.ndarray, conf: np.ndarray, n_bins: int, n: float
             ) -> tuple[np.ndarray, np.ndarray]:
     """ECE and MCE of every row of ``weights`` (residual = correct - confidence per example)."""
@@ -69,25 +61,50 @@ def _binned(weights: np.ndarray, residual: np.ndarray, conf: np.ndarray, n_bins:
     return ece, per_bin.max(axis=1)
 
 
-def _adaptive(weights: np.ndarray, residual: np.ndarray, order: np.ndarray, n_bins: int) -> np.ndarray:
-    """Adaptive ECE of every row of ``weights``: equal-mass chunks of each resample's sorted units.
+def per_example(probs: np.ndarray, labels: np.ndarray, keys: Sequence[str] = ("brier", "nll")
+                ) -> dict[str, np.ndarray]:
+    """Each example's Brier score and NLL (the metrics are their means; `core.task.calibration`)."""
+    out = {}
+    if "brier" in keys:
+        out["brier"] = np.sum((probs - np.eye(probs.shape[1])[labels]) ** 2, axis=1)
+    if "nll" in keys:
+        out["nll"] = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))
+    return out
 
-    Copies of one example may straddle a chunk boundary, so the residual sum up to unit position p
-    is read off cumulative sums, linearly inside an example's block of copies.
+
+def _chunk_sums(weights: np.ndarray, values: Sequence[np.ndarray], order: np.ndarray, n_bins: int
+                ) -> list[np.ndarray]:
+    """Each per-example vector of ``values`` summed over every row's equal-mass chunks ([rows, chunks] each).
+
+    A row's n units (its examples, each as often as its weight) are sorted by confidence (``order``)
+    and cut as ``np.array_split`` cuts n units. Copies of one example may straddle a chunk boundary,
+    so the sum up to unit position p is read off cumulative sums, linearly inside an example's block
+    of copies.
     """
-    w, v = weights[:, order], residual[order]
+    w = weights[:, order]
     total = int(round(w[0].sum()))
     k = min(n_bins, total)
     sizes = np.full(k, total // k)
     sizes[: total % k] += 1
     bounds = np.concatenate([[0], np.cumsum(sizes)])
-    cw, cr = np.cumsum(w, axis=1), np.cumsum(w * v, axis=1)
+    cw = np.cumsum(w, axis=1)
     rows, n = w.shape
     offset = (total + 1) * np.arange(rows)[:, None]
     idx = np.searchsorted((cw + offset).ravel(), (bounds[None, :] + offset).ravel(), side="left")
     idx = (idx.reshape(rows, -1) - n * np.arange(rows)[:, None]).clip(0, n - 1)
-    at = np.take_along_axis(cr, idx, 1) - (np.take_along_axis(cw, idx, 1) - bounds[None, :]) * v[idx]
-    return np.abs(np.diff(at, axis=1)).sum(axis=1) / total
+    past = np.take_along_axis(cw, idx, 1) - bounds[None, :]  # units of the example at idx beyond the boundary
+    out = []
+    for v in values:
+        v = v[order]
+        at = np.take_along_axis(np.cumsum(w * v, axis=1), idx, 1) - past * v[idx]
+        out.append(np.diff(at, axis=1))
+    return out
+
+
+def _adaptive(weights: np.ndarray, residual: np.ndarray, order: np.ndarray, n_bins: int) -> np.ndarray:
+    """Adaptive ECE of every row of ``weights``: equal-mass chunks of each resample's sorted units."""
+    (gaps,) = _chunk_sums(weights, [residual], order, n_bins)
+    return np.abs(gaps).sum(axis=1) / int(round(weights[0].sum()))
 
 
 def calibration_draws(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, n_bins: int = cal.DEFAULT_BINS,
@@ -109,10 +126,8 @@ def calibration_draws(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray,
     out: dict[str, np.ndarray] = {}
     if "accuracy" in keys:
         out["accuracy"] = _dot(w, correct) / n
-    if "brier" in keys:
-        out["brier"] = _dot(w, np.sum((probs - np.eye(probs.shape[1])[labels]) ** 2, axis=1)) / n
-    if "nll" in keys:
-        out["nll"] = _dot(w, -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))) / n
+    for key, values in per_example(probs, labels, [k for k in ("brier", "nll") if k in keys]).items():
+        out[key] = _dot(w, values) / n
     if "ece" in keys or "mce" in keys:
         ece, worst = _binned(w, residual, conf, n_bins, n)
         out.update({k: v for k, v in (("ece", ece), ("mce", worst)) if k in keys})
@@ -121,43 +136,6 @@ def calibration_draws(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray,
     if "smooth_ece" in keys:
         out["smooth_ece"] = _smooth_many(conf, w, w * -residual, smooth_ece)
     return {k: out[k] for k in keys}
-
-
-def calibration_intervals(probs: np.ndarray, labels: np.ndarray, n_bins: int = cal.DEFAULT_BINS,
-                          n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, Interval]:
-    """Every metric of one evaluation with its 95% interval (accuracy: Wilson; the rest: percentile bootstrap)."""
-    probs, labels = _inputs(probs, labels)
-    values = cal.report(probs, labels, n_bins).as_dict()
-    draws = calibration_draws(probs, labels, resample_counts(len(labels), n_resamples, seed), n_bins,
-                              smooth_ece=values["smooth_ece"])
-    out = {k: Interval(float(values[k]), *_percentile(d)) for k, d in draws.items()}
-    k = int((probs.argmax(axis=1) == labels).sum())
-    out["accuracy"] = Interval(float(values["accuracy"]), *wilson(k, len(labels)))
-    return out
-
-
-def paired_differences(probs_base: np.ndarray, probs_other: np.ndarray, labels: np.ndarray,
-                       n_bins: int = cal.DEFAULT_BINS, n_resamples: int = N_RESAMPLES, seed: int = 0
-                       ) -> tuple[dict[str, Interval], dict[str, Interval], dict[str, Difference]]:
-    """Each side's intervals and the paired difference (other - base) of every metric, on shared resamples."""
-    probs_base, labels = _inputs(probs_base, labels)
-    probs_other, _ = _inputs(probs_other, labels)
-    if probs_base.shape != probs_other.shape:
-        raise UserError(f"the two sides have different shapes ({probs_base.shape} vs {probs_other.shape})")
-    counts = resample_counts(len(labels), n_resamples, seed)
-    sides = []
-    for probs in (probs_base, probs_other):
-        values = cal.report(probs, labels, n_bins).as_dict()
-        draws = calibration_draws(probs, labels, counts, n_bins, smooth_ece=values["smooth_ece"])
-        intervals = {k: Interval(float(values[k]), *_percentile(d)) for k, d in draws.items()}
-        k = int((probs.argmax(axis=1) == labels).sum())
-        intervals["accuracy"] = Interval(float(values["accuracy"]), *wilson(k, len(labels)))
-        sides.append((values, draws, intervals))
-    (va, da, ia), (vb, db, ib) = sides
-    same = np.array_equal(probs_base, probs_other)
-    diff = {k: _difference(0.0 if same else vb[k] - va[k], np.zeros(n_resamples) if same else db[k] - da[k])
-            for k in KEYS}
-    return ia, ib, diff
 
 
 def mean_interval(values: Sequence[float], counts: np.ndarray) -> Interval:
@@ -178,4 +156,4 @@ def paired_mean_difference(base_values: Sequence[float], other_values: Sequence[
     if not len(a) or not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise UserError("per-example values must be a non-empty list of finite numbers")
     d = b - a
-    return _difference(float(d.mean()), _dot(_check_counts(counts, len(d)), d) / len(d))
+    return bootstrap_difference(float(d.mean()), _dot(_check_counts(counts, len(d)), d) / len(d))
