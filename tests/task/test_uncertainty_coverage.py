@@ -3,8 +3,8 @@
 The populations and their true values by integration are core.task.uncertainty.coverage's (checked
 in test_uncertainty_inversion.py); the trials here are seeded apart from benchmarks/coverage_study.py's,
 so they are a fresh sample. 600 trials give a Monte-Carlo standard error of 0.9 points at 95%: the
-bounds are 3 standard errors either side, and a method at the percentile bootstrap's level (0-20%
-here) or even the basic bootstrap's (60-90%) fails them.
+bounds lie about 3 standard errors from what the study measured, and a method at the percentile
+bootstrap's level (0-20% here) or the basic bootstrap's (55-91%) fails them.
 """
 
 from __future__ import annotations
@@ -45,10 +45,11 @@ def _covered(populations: Sequence[coverage.Population], key: str, n: int, trial
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("shape", "key"), [("over-confident", "ece"), ("under-confident", "ece"),
-                                            ("over-confident", "adaptive_ece")])
-def test_a_miscalibrated_models_interval_covers_its_true_calibration_error(shape: str, key: str) -> None:
-    assert 0.92 <= _covered((coverage.SHAPES[shape],), key, N, TRIALS) <= 0.98
+@pytest.mark.parametrize(("shape", "key", "most"), [("over-confident", "ece", 0.98), ("under-confident", "ece", 0.98),
+                                                    ("over-confident", "adaptive_ece", 0.99)])
+def test_a_miscalibrated_models_interval_covers_its_true_calibration_error(shape: str, key: str, most: float) -> None:
+    # the study measured 94.5%, 96.3% and 95.4% (1,000 trials each); adaptive ECE's is allowed up to 99%
+    assert 0.92 <= _covered((coverage.SHAPES[shape],), key, N, TRIALS) <= most
 
 
 @pytest.mark.slow
@@ -58,6 +59,8 @@ def test_a_calibrated_models_interval_reaches_zero_at_least_95_percent_of_the_ti
 
 
 @pytest.mark.slow
-def test_the_paired_difference_covers_the_true_change() -> None:
-    covered = _covered(coverage.PAIRS["calibrated, over-confident"], "ece", N, TRIALS)
-    assert 0.92 <= covered <= 0.98
+def test_a_paired_difference_covers_no_change_and_a_change() -> None:
+    # no change (two calibrated models): at least 95% (the study: 99.0%), as Berger & Boos guarantee;
+    # a change of 0.043 at n = 50, where the study measured 93.6% (the bootstrap methods: 55-79%)
+    assert 0.95 <= _covered(coverage.PAIRS["calibrated, sharper calibrated"], "ece", N, TRIALS) <= 1.0
+    assert 0.90 <= _covered(coverage.PAIRS["calibrated, over-confident"], "ece", 50, TRIALS) <= 0.98
