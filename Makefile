@@ -63,8 +63,10 @@ bench: setup
 	$(BIN)/python benchmarks/bench_explain.py
 	$(BIN)/python benchmarks/bench_models.py
 	$(BIN)/python benchmarks/bench_compare.py
+	$(BIN)/python benchmarks/bench_sets.py
 	$(BIN)/python benchmarks/bench_gpu.py
 	$(BIN)/python benchmarks/bench_sweep_estimate.py
+	$(BIN)/python benchmarks/bench_resume.py
 
 clean:
 	rm -rf $(VENV)

@@ -17,6 +17,7 @@ PAGES = [
     st.Page("views/start.py", title="Start here", icon=":material/flag:", default=True),
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),
     st.Page("views/calibration.py", title="Calibration", icon=":material/tune:"),
+    st.Page("views/sets.py", title="Prediction sets", icon=":material/checklist:"),
     st.Page("views/explanations.py", title="Explanations", icon=":material/highlight:"),
     st.Page("views/tradeoffs.py", title="Trade-offs", icon=":material/show_chart:"),
 ]
@@ -27,5 +28,9 @@ with PREFETCHER.foreground():
     ctx = ui.build_context()
     ui.hand_over(ctx)
     ui.banner(ctx)
+    # the Prediction sets view's alpha and method are read by other views too: kept while it is not shown
+    for key in ("alpha", "conformal_method"):
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
     page.run()
     ui.after_page(ctx)

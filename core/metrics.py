@@ -6,7 +6,8 @@ estimated (``interval``). Front ends never spell out "lower is better" themselve
 table (`Metric.axis_title`, `Metric.lower_is_better`, `Metric.improved`, `Metric.oriented`).
 
 The keys are the column names a sweep writes (`core.study.sweep.COLUMNS`) and the fields of
-`core.task.calibration.CalibrationReport`. The definitions live in `core.task.calibration` and
+`core.task.calibration.CalibrationReport`. The definitions live in `core.task.calibration`,
+`core.task.conformal` (prediction sets), `core.task.selective` (abstention) and
 `core.explain.faithfulness`; the meanings here describe them and must follow them.
 
 This is a root module: it imports nothing from the rest of ``core`` but `core.errors`.
@@ -80,6 +81,12 @@ class Metric:
         return f"{'better' if self.improved(difference) else 'worse'}, beyond noise{p}"
 
 
+SETS_BOOTSTRAP = ("percentile bootstrap over test examples, the conformal threshold recalibrated on a bootstrap "
+                  "resample of the validation split in each resample; paired for differences; stretched to contain "
+                  "the estimate")
+SELECTIVE_BOOTSTRAP = ("percentile bootstrap over examples (tied confidences merged); paired for differences; "
+                       "stretched to contain the estimate")
+
 METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("accuracy", "accuracy", "higher", (0.0, 1.0),
            "The share of examples whose most probable answer is the correct one.", WILSON),
@@ -126,6 +133,46 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("random_sufficiency", "random-baseline sufficiency", "lower", (-1.0, 1.0),
            "Sufficiency of a seeded random explanation of the same examples: the ceiling that a real "
            "explainer should stay below.", BOOTSTRAP),
+    Metric("coverage", "set coverage", "higher", (0.0, 1.0),
+           "The share of test examples whose conformal prediction set holds the correct answer, the threshold "
+           "calibrated on validation for a miscoverage alpha (0.1 by default). Split conformal keeps it near "
+           "1 - alpha for any model, so a worse model shows larger sets rather than lower coverage.", SETS_BOOTSTRAP),
+    Metric("set_size", "mean set size", "lower", (0.0, math.inf),
+           "The mean number of answers in a conformal prediction set (at most the number offered): how many "
+           "answers the model must keep to hold the correct one 1 - alpha of the time.", SETS_BOOTSTRAP),
+    Metric("singleton_share", "singleton sets", "higher", (0.0, 1.0),
+           "The share of conformal prediction sets that hold exactly one answer: examples on which the model "
+           "commits to one answer with the coverage guarantee.", SETS_BOOTSTRAP),
+    Metric("empty_share", "empty sets", "lower", (0.0, 1.0),
+           "The share of conformal prediction sets with no answer at all; LAC and the randomised methods make "
+           "them to keep coverage down to 1 - alpha, and each says nothing about the example.", SETS_BOOTSTRAP),
+    Metric("all_label_share", "all-answer sets", "lower", (0.0, 1.0),
+           "The share of conformal prediction sets that hold every offered answer: the model does not know, "
+           "and says so.", SETS_BOOTSTRAP),
+    Metric("class_coverage_gap", "class-conditional coverage gap", "lower", (0.0, 1.0),
+           "The mean, over the correct answers, of how far the set coverage among the examples with that answer "
+           "lies from 1 - alpha (Ding et al. 2023): 0 when the sets are equally reliable whatever the answer.",
+           SETS_BOOTSTRAP),
+    Metric("aurc", "AURC", "lower", (0.0, 1.0),
+           "Area under the risk-coverage curve: answering only the k examples it is most confident about, the "
+           "share of those that are wrong, averaged over k = 1..n; low when the wrong answers have the lowest "
+           "confidence (and when there are few of them).", SELECTIVE_BOOTSTRAP),
+    Metric("eaurc", "E-AURC", "lower", (0.0, 1.0),
+           "Excess AURC: AURC minus that of an oracle that answers every right example before any wrong one; "
+           "0 is a perfect ranking of right above wrong, whatever the accuracy.", SELECTIVE_BOOTSTRAP),
+    Metric("accuracy_at_50", "accuracy at 50% coverage", "higher", (0.0, 1.0),
+           "The accuracy on the half of the examples the model is most confident about, abstaining on the rest.",
+           SELECTIVE_BOOTSTRAP),
+    Metric("accuracy_at_80", "accuracy at 80% coverage", "higher", (0.0, 1.0),
+           "The accuracy on the 80% of examples the model is most confident about, abstaining on the rest.",
+           SELECTIVE_BOOTSTRAP),
+    Metric("accuracy_at_90", "accuracy at 90% coverage", "higher", (0.0, 1.0),
+           "The accuracy on the 90% of examples the model is most confident about, abstaining on the rest.",
+           SELECTIVE_BOOTSTRAP),
+    Metric("coverage_at_risk", "coverage at the target error", "higher", (0.0, 1.0),
+           "The largest share of examples the model can answer, most confident first, with at most the target "
+           "share of them wrong (5% by default); 0 when even its most confident answer misses the target.",
+           SELECTIVE_BOOTSTRAP),
 )}
 
 CALIBRATION: tuple[str, ...] = ("accuracy", "ece", "adaptive_ece", "smooth_ece", "mce", "brier", "nll")

@@ -5,10 +5,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import UserError
+
 HOME_ENV = "PRUNE_EXPLORER_HOME"
 CACHE_BYTES_ENV = "PRUNE_EXPLORER_CACHE_BYTES"
 DEFAULT_CACHE_BYTES = 512 * 1024 * 1024
 PREFETCH_ENV = "PRUNE_EXPLORER_PREFETCH"
+STATE_BYTES_ENV = "PRUNE_EXPLORER_STATE_BYTES"
+DEFAULT_STATE_BYTES = 2 * 1024**3
+"""Hidden-state checkpoints kept for resuming (`core.model.states`): the default model's full-model states for
+300 examples take about 650 MB, so 2 GiB holds them and the states of the masks explored from them; a 24 GB
+machine running the app with several sessions keeps room for the models and the sessions."""
+RESUME_ENV = "PRUNE_EXPLORER_RESUME"
 
 
 def home() -> Path:
@@ -21,11 +29,41 @@ def home() -> Path:
     return path
 
 
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _bytes(name: str, default: int) -> int:
+    """A byte count from the environment variable ``name``: a whole number, optionally with K, M or G (binary)."""
+    raw = os.environ.get(name, "").strip().upper().removesuffix("B").removesuffix("I")
+    if not raw:
+        return default
+    unit = raw[-1] if raw[-1] in _UNITS else ""
+    number = raw[: len(raw) - len(unit)].strip()
+    if not number.isdigit():
+        raise UserError(f"${name} must be a whole number of bytes, optionally with K, M or G (e.g. 2G); "
+                        f"got '{os.environ[name]}'")
+    return int(number) * _UNITS[unit]
+
+
 def cache_max_bytes() -> int:
-    raw = os.environ.get(CACHE_BYTES_ENV)
-    return int(raw) if raw else DEFAULT_CACHE_BYTES
+    """The byte budget of the result cache on disk (``$PRUNE_EXPLORER_CACHE_BYTES``)."""
+    return _bytes(CACHE_BYTES_ENV, DEFAULT_CACHE_BYTES)
+
+
+def state_max_bytes() -> int:
+    """The byte budget of the hidden-state checkpoints (``$PRUNE_EXPLORER_STATE_BYTES``; 0 keeps none)."""
+    return _bytes(STATE_BYTES_ENV, DEFAULT_STATE_BYTES)
+
+
+def _switch(name: str) -> bool:
+    return os.environ.get(name, "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def resume_enabled() -> bool:
+    """Whether forward passes resume from stored hidden states (``$PRUNE_EXPLORER_RESUME=0``: off)."""
+    return _switch(RESUME_ENV)
 
 
 def prefetch_enabled() -> bool:
     """Whether the app evaluates likely next masks in the background (``$PRUNE_EXPLORER_PREFETCH=0``: off)."""
-    return os.environ.get(PREFETCH_ENV, "1").strip().lower() not in {"0", "false", "no", "off"}
+    return _switch(PREFETCH_ENV)

@@ -35,6 +35,21 @@ def _restore_main_module(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
 
 
+@pytest.fixture(autouse=True)
+def _fresh_states() -> Iterator[None]:
+    """Start every test with an empty hidden-state store (`core.model.states.STATES`).
+
+    Tiny models built from the same config and seed have the same weights, so without this one test
+    would resume from states another test recorded with other batches, and its numbers would depend
+    on the order the tests ran in (by float rounding).
+    """
+    from core.model.states import STATES
+
+    STATES.clear()
+    yield
+    STATES.clear()
+
+
 @pytest.fixture()
 def fresh_results(tmp_path, monkeypatch) -> Path:
     """A private result cache; the converted model folder is shared so it is not converted again."""

@@ -15,16 +15,20 @@ from core.explain.faithfulness import Faithfulness
 from core.metrics import CALIBRATION, FAITHFULNESS, METRICS, Metric, metric
 from core.study.figures import faithfulness_curves, pareto_scatter, tradeoff_curves
 from core.study.report import render
-from core.study.sweep import COLUMNS, INTERVALS, interval_columns
+from core.study.sweep import COLUMNS, INTERVALS, SET_INTERVALS, interval_columns
 from core.task import calibration as cal
+from core.task import conformal, selective
 
-NOT_METRICS = {"dropped", "layers", "temperature", "seconds", "latency_ms", "latency_full_ms", "right_to_wrong",
-               "wrong_to_right", "mcnemar_p", "ece_noise_q95", *[c for k in INTERVALS for c in interval_columns(k)]}
+NOT_METRICS = {"dropped", "layers", "temperature", "seconds", "latency_ms", "latency_full_ms", "latency_ratio",
+               "latency_ratio_lo", "latency_ratio_hi", "flop_ratio", "right_to_wrong",
+               "wrong_to_right", "mcnemar_p", "ece_noise_q95", "qhat",
+               *[c for k in (*INTERVALS, *SET_INTERVALS) for c in interval_columns(k)]}
 
 
 def test_every_metric_column_of_a_sweep_has_one_row() -> None:
     assert set(METRICS) == set(COLUMNS) - NOT_METRICS
-    assert set(INTERVALS) <= set(METRICS)
+    assert {*conformal.KEYS, *selective.KEYS} <= set(COLUMNS)  # a sweep writes every prediction-set metric
+    assert set(INTERVALS) | set(SET_INTERVALS) <= set(METRICS)
     assert all(key == m.key for key, m in METRICS.items())
     report_fields = [f.name for f in dataclasses.fields(cal.CalibrationReport) if f.name != "n_bins"]
     assert list(CALIBRATION) == report_fields
@@ -33,9 +37,30 @@ def test_every_metric_column_of_a_sweep_has_one_row() -> None:
         assert m.title and m.meaning and m.interval and m.range[0] < m.range[1]
 
 
+def test_repair_columns_are_generated_families_of_metrics_in_the_table() -> None:
+    """A sweep with repair methods adds, per method, each metric of `REPAIRED` (rows here) after it, with the
+    metric's interval columns, and the notes; nothing else, and nothing that clashes with the fixed columns."""
+    from core.study.sweep import REPAIR_NOTES, REPAIRED, repair_columns, repaired_column
+    from core.task.recalibration import RECALIBRATORS
+
+    assert set(REPAIRED) <= set(INTERVALS)
+    for method in RECALIBRATORS:
+        for column in repair_columns([method]):
+            metrics = [k for k in REPAIRED if column in (repaired_column(k, method),
+                                                         *interval_columns(repaired_column(k, method)))]
+            notes = [x for x in REPAIR_NOTES if column == repaired_column(x, method)]
+            assert len(metrics) + len(notes) == 1, column
+    every = repair_columns(list(RECALIBRATORS))
+    assert len(every) == len(set(every)) and not set(every) & set(COLUMNS)
+
+
 def test_directions_and_ranges() -> None:
     assert {k for k, m in METRICS.items() if not m.lower_is_better} == {
-        "accuracy", "comprehensiveness", "random_comprehensiveness", "label_mass"}
+        "accuracy", "comprehensiveness", "random_comprehensiveness", "label_mass", "coverage", "singleton_share",
+        "accuracy_at_50", "accuracy_at_80", "accuracy_at_90", "coverage_at_risk"}
+    for k in ("set_size", "empty_share", "all_label_share", "class_coverage_gap", "aurc", "eaurc"):
+        assert METRICS[k].better == "lower"
+    assert METRICS["set_size"].range == (0.0, math.inf)
     for k in ("ece", "adaptive_ece", "smooth_ece", "mce", "brier", "nll", "ece_temperature_scaled", "sufficiency"):
         assert METRICS[k].better == "lower"
     for k in FAITHFULNESS:

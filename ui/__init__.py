@@ -3,7 +3,8 @@
 * `ui.state`: the session's selection (`Context`, which holds the core `Setup`) and its mirror in the URL;
 * `ui.sidebar`: the shared sidebar (model and data pickers, the encoder's head, the layer panel, the
   efficiency readout) and `context`, the selection a view draws from;
-* `ui.widgets`: error display, progress bars, charts, tables with downloads and metric tiles.
+* `ui.widgets`: error display, progress bars, charts, tables with downloads and metric tiles;
+* `ui.repair`: the Calibration view's Repair section and its overlay on the reliability diagram.
 """
 
 from .sidebar import after_page, apply_mask, banner, build_context, context

@@ -17,8 +17,8 @@ from core.cache import ResultCache
 from core.errors import Cancelled, UserError
 from core.explain.dataset import ExplainConfig
 from core.explain.methods import DEFAULT_EXPLAINER, EXPLAINERS
-from core.model.efficiency import Efficiency, compare_latency, efficiency
-from core.model.loading import DEFAULT_MODEL, PRESETS, LoadedModel, ModelPreset, load_model
+from core.model.efficiency import Efficiency, Latency, compare_latency, efficiency
+from core.model.loading import DEFAULT_MODEL, PRESETS, LoadedModel, ModelPreset, cpu_bf16, load_model
 from core.model.pruning import parse_layer_list, validate_mask
 from core.settings import home, prefetch_enabled
 from core.study.importance import attention_scores, calibration_texts
@@ -52,9 +52,9 @@ def _dataset(name: str, text_column: str = "text", label_column: str = "label") 
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _latency(model_id: str, drop: tuple[int, ...], _lm: LoadedModel) -> tuple[float, float]:
+def _latency(model_id: str, drop: tuple[int, ...], _lm: LoadedModel) -> Latency:
     # gives way (Cancelled, nothing cached) as soon as another page starts computing
-    return compare_latency(_lm, drop, tokens=128, repeats=3, stop=PREFETCHER.contended)
+    return compare_latency(_lm, drop, tokens=128, stop=PREFETCHER.contended)
 
 
 def _load_or_keep(what: str, load: Callable, args: tuple | None, default: str):
@@ -120,18 +120,24 @@ def _model_picker() -> LoadedModel:
 
 
 def _device_picker() -> tuple[str, str]:
-    """(device, dtype): a CUDA GPU in bf16 or fp16 where there is one; greyed out, with the reason, where not."""
+    """(device, dtype): the CPU in fp32, or in bf16 where it has bf16 instructions, or a CUDA GPU in bf16 or fp16
+    where there is one; what is not available here is left out, and the help says why."""
     gpu = torch.cuda.is_available()
-    choices = list(DEVICES) if gpu else [DEVICES[0]]
-    if st.session_state.get("device", DEVICES[0]) not in choices:
-        st.sidebar.warning(f"{st.session_state['device']} was asked for, but there is no CUDA GPU here: using the CPU.")
+    bf16, why = cpu_bf16()
+    available = {"cpu-fp32": True, "cpu-bf16": bf16, "cuda-bf16": gpu, "cuda-fp16": gpu}
+    choices = [d for d in DEVICES if available[d]]
+    asked = st.session_state.get("device", DEVICES[0])
+    if asked not in choices:
+        reason = "there is no CUDA GPU here: using the CPU" if asked.startswith("cuda") else f"{why}: using fp32"
+        st.sidebar.warning(f"{asked} was asked for, but {reason}.")
         st.session_state["device"] = DEVICES[0]
-    choice = st.sidebar.selectbox(
-        "Device and precision", choices, key="device", disabled=not gpu, format_func=lambda c: c.replace("-", " · "),
-        help="a GPU in bf16 or fp16 runs a 7B model; numbers differ from fp32 in about the third decimal"
-        if gpu else "no CUDA GPU is available here, so the model runs on the CPU in fp32")
-    if not gpu:
-        st.sidebar.caption("Device: CPU, fp32 (no CUDA GPU here).")
+    notes = ["fp32 is the reference: the exactness tests and the study's numbers are in fp32",
+             f"CPU bf16: {why}" + ("; numbers differ from fp32 in about the third decimal" if bf16 else ""),
+             "a CUDA GPU in bf16 or fp16 runs a 7B model" if gpu else "no CUDA GPU is available here"]
+    choice = st.sidebar.selectbox("Device and precision", choices, key="device", disabled=len(choices) == 1,
+                                  format_func=lambda c: c.replace("-", " · "), help="; ".join(notes))
+    if len(choices) == 1:
+        st.sidebar.caption("Device: CPU, fp32 (no CUDA GPU here, and no bf16 instructions on this CPU).")
     device, dtype = choice.split("-")
     return device, dtype
 
@@ -326,7 +332,8 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> tuple[Efficie
     e = efficiency(lm, drop, context=context)
     st.sidebar.caption(f"**Mask: {mask_label(drop) if drop else 'no layer dropped'}**")
     a, b = st.sidebar.columns(2)
-    a.metric("attention layers kept", f"{e.layers_kept} / {e.layers}")
+    a.metric("attention layers kept", f"{e.layers_kept} / {e.layers}",
+             help="layers whose attention still runs; a dropped layer keeps its MLP, so every layer still runs that")
     b.metric("params saved", f"{e.parameters_saved_fraction:.1%}", f"{e.parameters_saved / 1e6:.2f} M",
              delta_color="off", help="the dropped layers' attention weights (query, key, value, output), which a "
                                      "pruned model no longer needs to store")
@@ -334,29 +341,43 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> tuple[Efficie
              delta_color="off", help="per token: the multiply-adds it no longer needs, the attention "
                                      "projections and its scores over the context")
     if lm.spec.encoder:
-        b.metric("KV cache saved", "none", "an encoder keeps no KV cache", delta_color="off")
+        b.metric("KV cache saved", "none", "an encoder keeps no KV cache", delta_color="off",
+                 help="a generating model keeps keys and values per token of context for its attention; an "
+                      "encoder reads its whole input at once and keeps none")
     else:
         b.metric("KV cache saved", f"{e.kv_bytes_saved_per_1k_tokens / 2**20:.1f} MiB",
                  f"of {e.kv_bytes_per_1k_tokens / 2**20:.1f} MiB per 1,000 tokens", delta_color="off",
                  help="memory a generating model keeps per token of context for its attention; a dropped layer "
                       "keeps none")
     if not st.sidebar.toggle("Measure latency", key="measure_latency", value=True,
-                             help="time a forward pass of 128 tokens with and without the mask, in turns so that "
-                                  "both run under the same load (median of 3), once the page is drawn"):
+                             help="time forward passes of 128 tokens with and without the mask, in turns so that "
+                                  "both run under the same load (a warm-up pair, then 9 pairs), once the page is "
+                                  "drawn"):
         return e, None
     slot = st.sidebar.empty()
     slot.caption("forward latency: measured once the page is drawn")
 
     def measure() -> None:
         try:
-            full, pruned = _latency(lm.id, drop, lm)
+            t = _latency(lm.id, drop, lm)
         except Cancelled:
             slot.caption("forward latency: not measured while another computation runs (a page or a sweep); "
                          "measured when idle")
             return
-        slot.metric("forward latency", f"{pruned * 1000:.0f} ms",
-                    f"{(pruned - full) / full:+.1%} vs full ({full * 1000:.0f} ms)" if drop else None,
-                    delta_color="inverse")  # time: lower is better (latency is not among core.metrics)
+        box = slot.container()
+        help_text = (f"one forward pass of {t.tokens} tokens, the median of {t.pairs}; the full and the pruned model "
+                     "are timed in turns, and the ratio is the median of the paired ratios with its "
+                     f"{t.coverage:.0%} interval (order statistics): 'within noise' when it contains 1. The FLOP "
+                     "ratio is what the mask would give if time followed the count of multiply-adds alone.")
+        if not drop:
+            box.metric("forward latency", f"{t.full_seconds * 1000:.0f} ms", help=help_text)
+            return
+        # time: lower is better (latency is not among core.metrics), so a ratio below 1 shows green
+        box.metric("forward latency", f"{t.pruned_seconds * 1000:.0f} ms",
+                   f"{t.ratio - 1:+.0%} [{t.lo - 1:+.0%}, {t.hi - 1:+.0%}] vs full: {t.verdict()}",
+                   delta_color="inverse" if t.beyond_noise else "off", help=help_text)
+        box.caption(f"full model {t.full_seconds * 1000:.0f} ms; by the FLOP count alone the mask would save "
+                    f"{1 - t.flop_ratio:.1%}")
     return e, measure
 
 

@@ -2,9 +2,10 @@
 
 A view can be shared as a link and survives a reload: the model, the data set, the mask, the chosen
 example and every setting that changes a number (`SETTINGS`: sample size, prompt style and
-demonstration draw, explainer and its seeds, removal, temperature scaling) go into the URL, only
-where they differ from the defaults, and are read back on a session's first run. A value in a link
-that is not allowed is ignored with a message saying what is. Nothing here draws a widget.
+demonstration draw, explainer and its seeds, removal, temperature scaling, the prediction sets' alpha
+and method) go into the URL, only where they differ from the defaults, and are read back on a
+session's first run. A value in a link that is not allowed is ignored with a message saying what is.
+Nothing here draws a widget.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from core.explain.methods import DEFAULT_EXPLAINER, EXPLAINERS
 from core.model.efficiency import Efficiency
 from core.model.loading import DEFAULT_MODEL, LoadedModel
 from core.study.importance import ImportanceScores
+from core.study.sets import DEFAULT_ALPHA, DEFAULT_METHOD
+from core.task.conformal import METHODS
 from core.task.data import DEFAULT_DATASET, Dataset
 from core.task.evaluation import EvalConfig
 from core.task.prompts import STYLES, PromptConfig
@@ -42,7 +45,9 @@ class UrlSetting:
     allowed: str
 
     def text(self, value: object) -> str:
-        return ("1" if value else "0") if isinstance(value, bool) else str(value)
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _integer(param: str, key: str, default: int, lo: int, hi: int, step: int = 1) -> UrlSetting:
@@ -54,6 +59,17 @@ def _integer(param: str, key: str, default: int, lo: int, hi: int, step: int = 1
         return value
     allowed = f"a whole number from {lo} to {hi}" if step == 1 else f"a multiple of {step} from {lo} to {hi}"
     return UrlSetting(param, key, default, parse, allowed)
+
+
+def _decimal(param: str, key: str, default: float, lo: float, hi: float, step: float) -> UrlSetting:
+    """A number from ``lo`` to ``hi`` in steps of ``step`` (read to the nearest step, as its slider gives it)."""
+    def parse(raw: str) -> float:
+        value = float(raw)
+        steps = (value - lo) / step
+        if not lo <= value <= hi or abs(steps - round(steps)) > 1e-6:
+            raise ValueError(raw)
+        return round(lo + round(steps) * step, 10)
+    return UrlSetting(param, key, default, parse, f"a number from {lo:g} to {hi:g} in steps of {step:g}")
 
 
 def _one_of(param: str, key: str, default: str, choices: tuple[str, ...]) -> UrlSetting:
@@ -70,14 +86,17 @@ def _flag(raw: str) -> bool:
     return raw == "1"
 
 
-DEVICES = ("cpu-fp32", "cuda-bf16", "cuda-fp16")
-"""Where and in which precision the model runs (the CUDA ones only where a GPU is present)."""
+DEVICES = ("cpu-fp32", "cpu-bf16", "cuda-bf16", "cuda-fp16")
+"""Where and in which precision the model runs (CPU bf16 where the CPU has bf16 instructions, the CUDA ones
+where a GPU is present)."""
 N_RANGE = (20, 400, 20)
 """The sample sizes the sidebar offers: smallest, largest, step."""
 SEED_RANGE = (0, 999)
 """The demonstration draws the sidebar offers."""
 EXPLAINER_SEEDS_RANGE = (1, 5)
 """How many seeds a sampling explainer can be run under on the Explanations view."""
+ALPHA_RANGE = (0.01, 0.5, 0.01)
+"""The prediction sets' miscoverage alpha the Prediction sets view offers: smallest, largest, step."""
 
 SETTINGS = (
     _one_of("device", "device", DEVICES[0], DEVICES),
@@ -88,6 +107,8 @@ SETTINGS = (
     _one_of("removal", "removal", "delete", REMOVALS),
     _integer("explainer_seeds", "explainer_seeds", 1, *EXPLAINER_SEEDS_RANGE),
     UrlSetting("temperature", "temperature", False, _flag, "0 or 1"),
+    _decimal("alpha", "alpha", DEFAULT_ALPHA, *ALPHA_RANGE),
+    _one_of("method", "conformal_method", DEFAULT_METHOD, tuple(METHODS)),
 )
 """Every setting besides the selection that changes a number on a page; a shared link carries them all."""
 VALIDATION_N = 100

@@ -74,7 +74,8 @@ def start(ctx: Context, strategy: StrategyConfig, max_drop: int, config: PointCo
     st.session_state["_sweep_job_source"] = f"{source}, {ctx.lm.name} on {ctx.ds.name}, n = {ctx.n}"
     st.session_state["_sweep_job_settings"] = {
         **ctx.run_config(), "n": config.eval.n, "validation_n": config.eval.val_n,
-        "faithfulness_n": config.faith_n if config.explain else 0, "strategy": strategy.name}
+        "faithfulness_n": config.faith_n if config.explain else 0, "strategy": strategy.name,
+        "alpha": config.alpha, "conformal_method": config.method}
     st.session_state["_sweep_job_taken"] = False
 
 

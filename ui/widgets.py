@@ -209,7 +209,9 @@ def metrics_row(c: ResultComparison, n_layers: int, n_dropped: int) -> None:
                    delta_color=delta_color(key) if d.beyond_noise else "off")
         col.caption(f"95% CI {iv.lo:.3f} to {iv.hi:.3f}; change [{d.lo:+.3f}, {d.hi:+.3f}]: "
                     f"**{m.verdict(d.value, d.beyond_noise, d.p_value)}**")
-    cols[-1].metric("attention layers kept", f"{n_layers - n_dropped} / {n_layers}")
+    cols[-1].metric("attention layers kept", f"{n_layers - n_dropped} / {n_layers}",
+                    help="layers whose attention still runs; a dropped layer keeps its MLP, so every layer still "
+                         "runs that")
 
 
 def verdict_line(c: ResultComparison, names: tuple[str, str]) -> str:

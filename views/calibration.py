@@ -8,6 +8,7 @@ from core.study.compare import across_prompt_seeds, compare_results, mask_name, 
 from core.study.figures import confidence_histogram, reliability_diagram
 from core.task import calibration as cal
 from core.task.uncertainty import banded_reliability_table
+from ui import repair
 
 ctx = ui.context()
 RECENT = 8  # comparisons a session keeps (most recently shown last); a bare string here would be drawn
@@ -39,7 +40,7 @@ with ui.guard("the calibration view"):
     # the validation examples that temperature scaling needs are scored only once it is switched on
     scaled = bool(st.session_state.get("temperature", False))
     names = ("full model", mask_name(ctx.drop))
-    config = ctx.eval_config(temperature=scaled)
+    config = ctx.eval_config(temperature=scaled or repair.wanted())  # the repairs are fitted on validation too
     # a session's recent comparisons are kept with their intervals, so that toggling back and forth
     # redraws them without recomputing 1,000 bootstrap resamples per side each time
     memo = st.session_state.setdefault("_comparisons", {})
@@ -71,6 +72,7 @@ with ui.guard("the calibration view"):
                 continue
             tables[f"{name}, T = {r.temperature:.2f}"] = banded_reliability_table(probs, r.labels)
             confidences[f"{name}, T = {r.temperature:.2f}"] = probs.max(axis=1)
+    tables |= repair.overlay_tables(ctx, c, names)
     left, right = st.columns([3, 2])
     with left:
         ui.chart(reliability_diagram(tables), "reliability-diagram", ctx)
@@ -113,5 +115,6 @@ with ui.guard("the calibration view"):
                    + ("**consistent with perfect calibration**." if floor.consistent else
                       "**miscalibrated beyond noise**."))
     _prompt_variance()
+    repair.section(ctx, c, names)
     for w in (pruned or full).warnings:
         st.warning(w)

@@ -5,15 +5,21 @@ in the result cache, when "Explain automatically" is on, or once the user asked 
 the session, so a rerun does not forget); every explainer can be compared on the example on request.
 """
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 
 import ui
+from core.errors import UserError
 from core.explain.agreement import agreement
 from core.explain.dataset import RANDOM_DRAWS, sampling, typed_example
 from core.metrics import METRICS
 from core.study.compare import compare_explanations, compare_results, explainer_table, explanations_cached
 from core.study.figures import faithfulness_curves, token_heatmap
+from core.study.sets import DEFAULT_ALPHA, DEFAULT_METHOD, set_labels, set_text
+from core.task.conformal import METHODS
+from core.task.evaluation import is_cached
 
 # session keys (a bare string here would be drawn): explanations asked for, explainer comparisons computed,
 # and what an explainer took here
@@ -77,6 +83,21 @@ with ui.guard("the explanations view"):
         answers_slot.caption(f"label **{row['label']}** · full model: **{row['full prediction']}** "
                              f"({row['full confidence']:.2f}) · pruned: **{row['pruned prediction']}** "
                              f"({row['pruned confidence']:.2f})")
+        # each model's prediction set, calibrated on the validation examples (scored once per mask, on request)
+        alpha = st.session_state.get("alpha", DEFAULT_ALPHA)
+        method = st.session_state.get("conformal_method", DEFAULT_METHOD)
+        sets_config = ctx.eval_config()
+        if all(is_cached(ctx.setup, replace(sets_config, drop=d)) for d in {(), ctx.drop}) or st.button(
+                "Show the prediction sets", key="explain_sets",
+                help="scores the 100 validation examples per model that the sets are calibrated on (once; cached)"):
+            calibrated = compare_results(ctx.setup, ctx.drop, sets_config)
+            i = [e.id for e in calibrated.base.examples].index(example_id)
+            try:
+                full_set, pruned_set = (set_labels(r, alpha, method)[i] for r in (calibrated.base, calibrated.other))
+                st.caption(f"prediction sets (alpha {alpha:g}, {METHODS[method].title}; the Prediction sets view "
+                           f"sets both): full model **{set_text(full_set)}** · pruned **{set_text(pruned_set)}**")
+            except UserError as err:  # no validation split, or too few examples for alpha: the rest still shows
+                st.caption(f"no prediction sets: {err}")
     seeds = 1
     if sampling(ctx.explain.explainer):
         seeds = int(st.number_input(
@@ -117,7 +138,8 @@ with ui.guard("the explanations view"):
         fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
         cols = st.columns(5)
         cols[0].metric("top-20% F1", fmt(g.f1), help="overlap of the two rationales (top 20% supporting words)")
-        cols[1].metric("IoU", fmt(g.iou))
+        cols[1].metric("IoU", fmt(g.iou), help="intersection over union: the words in both rationales over the words "
+                                                "in either")
         cols[2].metric("precision", fmt(g.precision), help="share of the pruned rationale in the full one")
         cols[3].metric("recall", fmt(g.recall), help="share of the full rationale in the pruned one")
         cols[4].metric("Spearman", fmt(g.spearman), help="rank correlation of all the words' scores")

@@ -1,12 +1,14 @@
-"""Learn: a guided walk through calibration, explanations and pruning, on live numbers."""
+"""Learn: a guided walk through calibration, explanations, pruning, prediction sets and abstention, on live numbers."""
 
 import streamlit as st
 
 import ui
+from core.errors import UserError
 from core.metrics import METRICS
 from core.model.loading import preset
 from core.study.compare import compare_explanations, compare_results, mask_name
 from core.study.figures import importance_bars, reliability_diagram, token_heatmap
+from core.study.sets import DEFAULT_ALPHA, DEFAULT_METHOD
 from core.task import calibration as cal
 
 ctx = ui.context()
@@ -131,7 +133,40 @@ with ui.guard("the Learn page"):
         f"To resolve a change of 0.02 in ECE, you would need about **{s.examples_needed('ece', 0.02):,}** examples. "
         "The Calibration page shows every metric this way, with a plain verdict next to each change.")
 
-    st.header("6. The lesson")
+    st.header("6. Prediction sets and abstention: does it know when it does not know?")
+    alpha = st.session_state.get("alpha", DEFAULT_ALPHA)
+    try:
+        sets = results.sets(alpha, st.session_state.get("conformal_method", DEFAULT_METHOD))
+    except UserError as err:  # too few validation examples for alpha: the lesson still follows
+        st.info(f"No prediction sets here: {err}.")
+        sets = None
+    if sets is not None and sets.unavailable is not None:
+        st.info(f"No prediction sets here: {sets.unavailable}.")
+    elif sets is not None:
+        cov, size = sets.difference["coverage"], sets.difference["set_size"]
+        st.markdown(
+            f"Instead of one answer, a model can name every answer it cannot rule out: a **prediction set**. Its "
+            f"threshold is calibrated on {sets.n_cal} held-out examples so that the set holds the right answer for "
+            f"{1 - alpha:.0%} of the examples (alpha = {alpha:g}), whatever the model. Here the full model's sets "
+            f"hold it for **{sets.base['coverage'].value:.0%}** of the {sets.n} examples with "
+            f"**{sets.base['set_size'].value:.2f}** answers on average; with {k} layers dropped, "
+            f"**{sets.other['coverage'].value:.0%}** with **{sets.other['set_size'].value:.2f}** (set size "
+            f"{METRICS['set_size'].verdict(size.value, size.beyond_noise, size.p_value)}; coverage "
+            f"{METRICS['coverage'].verdict(cov.value, cov.beyond_noise, cov.p_value)}). A worse model keeps the "
+            "coverage and pays with larger sets.")
+    if sets is not None:
+        at80, aurc = sets.difference["accuracy_at_80"], sets.difference["aurc"]
+        st.markdown(
+            f"A model may also **abstain**: answer only the 80% of examples it is most sure of. The full model is "
+            f"then right **{sets.base['accuracy_at_80'].value:.0%}** of the time (against {fm.accuracy:.0%} on all "
+            f"of them), the pruned one **{sets.other['accuracy_at_80'].value:.0%}** "
+            f"({METRICS['accuracy_at_80'].verdict(at80.value, at80.beyond_noise, at80.p_value)}). **AURC** "
+            f"averages the error over every share answered, most confident first (lower is better): "
+            f"{sets.base['aurc'].value:.3f} against {sets.other['aurc'].value:.3f}, "
+            f"{METRICS['aurc'].verdict(aurc.value, aurc.beyond_noise, aurc.p_value)}. The Prediction sets page "
+            "shows both for any alpha, with their intervals.")
+
+    st.header("7. The lesson")
     st.success(
         "Accuracy alone does not tell you whether a pruned model can still be trusted. Tropeano et al. (2026) "
         "found that dropping attention layers often keeps accuracy while calibration and the faithfulness of "

@@ -6,8 +6,9 @@ import streamlit as st
 import ui
 from core.errors import UserError
 from core.metrics import FAITHFULNESS
-from core.study.figures import pareto_scatter, tradeoff_curves
+from core.study.figures import SET_TRADEOFF_METRICS, pareto_scatter, set_curves, tradeoff_curves
 from core.study.report import check_sweep_table, render
+from core.study.sets import DEFAULT_ALPHA, DEFAULT_METHOD
 from core.study.strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig
 from core.study.sweep import PointConfig, evaluate_point, mask_label, points, readable, sweep_order
 from ui import sweeps
@@ -25,7 +26,9 @@ with ui.guard("the trade-offs view"):
     with_faith = c[1].toggle("With faithfulness", value=True, key="sweep_faith")
     faith_n = int(c[2].number_input("Examples explained per mask", 2, ctx.n, min(10, ctx.n), key="faith_n",
                                     disabled=not with_faith))
-    config = PointConfig(eval=ctx.eval_config(), explain=ctx.explain if with_faith else None, faith_n=faith_n)
+    config = PointConfig(eval=ctx.eval_config(), explain=ctx.explain if with_faith else None, faith_n=faith_n,
+                         alpha=st.session_state.get("alpha", DEFAULT_ALPHA),  # the Prediction sets view's
+                         method=st.session_state.get("conformal_method", DEFAULT_METHOD))
     s1, s2 = st.columns([2, 3])
     name = s1.selectbox("Strategy", list(STRATEGIES), index=list(STRATEGIES).index(DEFAULT_STRATEGY),
                         key="strategy", help="\n".join(f"{k}: {v}" for k, v in STRATEGIES.items()))
@@ -74,6 +77,11 @@ with ui.guard("the trade-offs view"):
         ui.chart(tradeoff_curves(table, current=prefix[0] if prefix else None), "tradeoff-curves", ctx)
         st.caption("Shaded: 95% intervals over the test examples. Each change from the full model is paired over "
                    "the same examples and is beyond noise only when its interval excludes 0.")
+        if any(k in table and table[k].notna().any() for k in SET_TRADEOFF_METRICS):
+            alpha = (st.session_state.get("sweep_settings") or {}).get("alpha", config.alpha)
+            ui.chart(set_curves(table, alpha), "set-curves", ctx)
+            st.caption(f"Prediction sets (alpha {alpha:g}, each mask calibrated on its own validation examples) and "
+                       "abstention: a threshold that jumps between two masks shows as a step in the set size.")
         st.caption("Click a row to set the sidebar's mask to it.")
         rows = ui.table(readable(table), "sweep", hide_index=True, selectable=True)
         sweeps.use_mask_button(ctx, table["layers"].iloc[rows[0]] if rows else None, "use_sweep_row")

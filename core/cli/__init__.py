@@ -1,5 +1,5 @@
-"""Command line: ``python -m core <command>``: models, datasets, evaluate, compare, explain, explainers, scores,
-sweep, study, report, cache.
+"""Command line: ``python -m core <command>``: models, datasets, evaluate, compare, repair, heal, explain,
+explainers, scores, sweep, study, report, cache.
 
 Problems the user can fix print one ``error:`` line (no traceback) and exit with status 2.
 """
@@ -12,15 +12,15 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from . import catalog, compare, evaluate, explain, report, scores, study, sweep
+from . import catalog, compare, evaluate, explain, heal, repair, report, scores, study, sweep
 
 if TYPE_CHECKING:
     from .common import Subparsers
 
 COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
-    catalog.add_models_parser, catalog.add_datasets_parser, evaluate.add_parser, compare.add_parser, explain.add_parser,
-    catalog.add_explainers_parser, scores.add_parser, sweep.add_parser, study.add_parser, report.add_parser,
-    catalog.add_cache_parser,
+    catalog.add_models_parser, catalog.add_datasets_parser, evaluate.add_parser, compare.add_parser, repair.add_parser,
+    heal.add_parser, explain.add_parser, catalog.add_explainers_parser, scores.add_parser, sweep.add_parser,
+    study.add_parser, report.add_parser, catalog.add_cache_parser,
 )
 """Each adds its command's parser, with the function that runs it as the parser's ``run`` default; in help order."""
 

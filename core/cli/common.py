@@ -119,6 +119,23 @@ def add_explainer_args(p: argparse.ArgumentParser, default: str | None) -> None:
                    help="how a removed word disappears: deleted, or replaced by the pad / unknown token")
 
 
+def add_set_args(p: argparse.ArgumentParser) -> None:
+    """``--alpha`` and ``--conformal-method``: the prediction sets' miscoverage and score (`core.study.sets`)."""
+    from ..task.conformal import DEFAULT_ALPHA, METHODS
+
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help="prediction sets: the miscoverage, e.g. 0.1 for sets that hold the answer 90%% of the time")
+    p.add_argument("--conformal-method", default="lac", choices=list(METHODS),
+                   help="prediction sets: the conformal score (default lac)")
+
+
+def check_set_args(args: argparse.Namespace) -> None:
+    """Refuse a bad ``--alpha`` or one too small for ``--val-n`` before anything is scored."""
+    from ..study.sets import check_settings
+
+    check_settings(args.alpha, args.conformal_method, getattr(args, "val_n", 0) or None)
+
+
 def load_lm(args: argparse.Namespace) -> LoadedModel:
     from ..model.loading import load_model
 

@@ -12,7 +12,9 @@ from .common import (
     add_mask_args,
     add_model_args,
     add_prompt_args,
+    add_set_args,
     build_setup,
+    check_set_args,
     mask,
     write_json,
 )
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..study.compare import PairedStats, ResultComparison
+    from ..study.sets import SetStats
     from ..task.uncertainty import NoiseFloor
     from .common import Subparsers
 
@@ -41,6 +44,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--val-n", type=int, default=100, help="validation examples for temperature scaling (0: off)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
                    help="bootstrap resamples for the intervals (default 1000; --seed seeds them too)")
+    add_set_args(p)
     p.add_argument("--prompt-seeds", default=None, metavar="S,S,..",
                    help="also evaluate under these demonstration draws (few-shot) and report the spread")
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the result cache")
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> None:
     if args.bootstrap < 1000:
         raise UserError(f"--bootstrap must be at least 1000 resamples for stable 95% intervals (got {args.bootstrap})")
     seeds = parse_seeds(args.prompt_seeds) if args.prompt_seeds is not None else None
+    check_set_args(args)
     setup = build_setup(args)
     drop = mask(args, setup)
     base = sorted(validate_mask(parse_layer_list(args.base_attn), setup.lm.num_layers))
@@ -67,7 +72,9 @@ def run(args: argparse.Namespace) -> None:
     for w in dict.fromkeys(c.base.warnings + c.other.warnings):
         print(f"warning: {w}", file=sys.stderr)
     stats = c.stats(args.bootstrap, args.seed)
+    sets = c.sets(args.alpha, args.conformal_method, args.bootstrap, args.seed)
     out = stats.as_json(("full", "pruned") if not base else ("base", "other"))
+    out.update(sets.as_json(("full", "pruned") if not base else ("base", "other")))
     out.update(model=c.base.model, dataset=c.base.dataset, split=args.split, dropped_attention_layers=drop,
                base_dropped_attention_layers=base)
     spread = None
@@ -83,6 +90,29 @@ def run(args: argparse.Namespace) -> None:
         write_json(out, args.json)
     if args.json != "-":
         _print(c, stats, spread)
+        _print_sets(sets, ("full", "pruned") if not base else ("base", "other"))
+
+
+def _print_sets(sets: SetStats, names: tuple[str, str]) -> None:
+    """The prediction-set and abstention blocks: both sides, the paired change, its interval and verdict."""
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        if sets.unavailable is None:
+            print(sets.heading("sets") + ":")
+            print(sets.table(names, "sets").round(4).to_string())
+            assert sets.sets_base is not None and sets.sets_other is not None
+            print(f"thresholds (qhat, from validation): {names[0]} {sets.sets_base.qhat:.4f}, {names[1]} "
+                  f"{sets.sets_other.qhat:.4f}")
+        else:
+            print(f"Prediction sets: none, {sets.unavailable}")
+        print(sets.heading("selective") + ":")
+        print(sets.table(names, "selective").round(4).to_string())
+    print(f"error with no abstention: {names[0]} {sets.selective_base.error:.3f}, {names[1]} "
+          f"{sets.selective_other.error if sets.selective_other else float('nan'):.3f}; intervals: 95%, "
+          f"{sets.n_resamples} paired bootstrap resamples (seed {sets.seed})"
+          + (", the threshold recalibrated on a resample of the validation examples in each" if not sets.unavailable
+             else ""))
 
 
 def _print(c: ResultComparison, stats: PairedStats, spread: pd.DataFrame | None) -> None:

@@ -14,7 +14,9 @@ from .common import (
     add_mask_args,
     add_model_args,
     add_prompt_args,
+    add_set_args,
     build_setup,
+    check_set_args,
     explain_config,
     mask,
     write_json,
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..explain.dataset import FaithfulnessResult
+    from ..study.sets import SetStats
     from ..task.evaluation import EvalResult
     from .common import Subparsers
 
@@ -40,6 +43,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--bins", type=int, default=15, help="equal-width bins for ECE (default 15)")
     p.add_argument("--val-n", type=int, default=100, help="validation examples for temperature scaling (0: off)")
     p.add_argument("--batch-size", type=int, default=16)
+    add_set_args(p)
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the result cache")
     p.add_argument("--json", metavar="PATH|-", help="write the result as JSON ('-' for stdout)")
     p.add_argument("--predictions", metavar="PATH.csv", help="write one row per example")
@@ -56,12 +60,14 @@ def add_parser(sub: Subparsers) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..explain.dataset import DatasetExplainer, dataset_faithfulness
     from ..study.compare import across_prompt_seeds, parse_seeds, seed_spread
+    from ..study.sets import set_stats
     from ..task.evaluation import EvalConfig, evaluate
 
     explain = explain_config(args) if args.faithfulness else None
     if args.faithfulness_n is not None and args.faithfulness_n < 1:
         raise UserError(f"--faithfulness-n must be at least 1 (got {args.faithfulness_n})")
     seeds = parse_seeds(args.prompt_seeds) if args.prompt_seeds is not None else None
+    check_set_args(args)
     setup = build_setup(args)
     drop = mask(args, setup)
     config = EvalConfig(n=args.n, split=args.split, drop=tuple(drop), seed=args.seed, balanced=args.balanced,
@@ -71,6 +77,8 @@ def run(args: argparse.Namespace) -> None:
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     summary = result.summary()
+    sets = set_stats(result, alpha=args.alpha, method=args.conformal_method, seed=args.seed)
+    summary.update(sets.as_json())
     predictions = result.predictions()
     faith = None
     if explain is not None:
@@ -91,10 +99,11 @@ def run(args: argparse.Namespace) -> None:
     if args.json:
         write_json(summary, args.json)
     if args.json != "-":
-        _print(result, summary, faith, spread)
+        _print(result, summary, faith, spread, sets)
 
 
-def _print(result: EvalResult, summary: dict, faith: FaithfulnessResult | None, spread: pd.DataFrame | None) -> None:
+def _print(result: EvalResult, summary: dict, faith: FaithfulnessResult | None, spread: pd.DataFrame | None,
+           sets: SetStats) -> None:
     from ..metrics import METRICS
 
     print(f"{result.model} on {result.dataset} ({result.split}, n={result.n}), attention dropped: "
@@ -108,6 +117,13 @@ def _print(result: EvalResult, summary: dict, faith: FaithfulnessResult | None, 
     if result.temperature is not None and result.metrics_temperature_scaled is not None:
         print(f"temperature {result.temperature:.3f} (fitted on validation): "
               f"ECE {result.metrics_temperature_scaled.ece:.3f}")
+    for part in ("sets", "selective"):
+        if keys := sets.keys(part):
+            print(f"{sets.heading(part)}: " + "  ".join(
+                f"{METRICS[k].title} {sets.base[k].value:.3f} [{sets.base[k].lo:.3f}, {sets.base[k].hi:.3f}]"
+                for k in keys))
+        elif part == "sets":
+            print(f"Prediction sets: none, {sets.unavailable}")
     print(f"{result.seconds:.2f} s{' (from cache)' if result.cached else ''}")
     if faith is not None:
         f = faith.summary()

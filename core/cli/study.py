@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from .common import Bar, prompt_config
+from .common import Bar, add_set_args, check_set_args, prompt_config
 
 if TYPE_CHECKING:
     from .common import Subparsers
@@ -36,10 +36,15 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--strategies", default=DEFAULT_STRATEGY, help="comma-separated (see 'sweep --help')")
     p.add_argument("--max-drop", type=int, default=8, help="drop 0..K attention layers (default 8)")
     p.add_argument("--n", type=int, default=200, help="test examples per point (default 200)")
-    p.add_argument("--val-n", type=int, default=100, help="validation examples for temperature scaling")
+    p.add_argument("--val-n", type=int, default=100,
+                   help="validation examples for temperature scaling and the prediction sets' threshold")
+    add_set_args(p)
     p.add_argument("--faith-n", type=int, default=0, help="examples explained per point (default 0: none)")
     p.add_argument("--explainers", default="occlusion", help="comma-separated, used when --faith-n > 0")
     p.add_argument("--calibration-n", type=int, default=100, help="greedy strategies: validation examples judged")
+    p.add_argument("--repair", default=None, metavar="METHOD,..",
+                   help="also fit these recalibration methods on each point's validation split ('all': every one) "
+                        "and add their columns")
     p.add_argument("--engine", default="local", help="local (this process) or ray")
     p.add_argument("--address", default=None, help="ray: a cluster to join (default: start a local runtime)")
     p.add_argument("--workers", type=int, default=None,
@@ -54,21 +59,25 @@ def add_parser(sub: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..study.grid import GridSpec, run_study
+    from ..study.repair import parse_methods
 
     if args.workers is not None and args.workers < 1 or args.cpus_per_worker < 1:
         raise UserError("--workers and --cpus-per-worker must be at least 1")
     if args.engine != "ray" and (args.address or args.workers):
         raise UserError("--address and --workers apply to --engine ray only")
+    check_set_args(args)
     spec = GridSpec(models=_names(args.models, "--models"), datasets=_names(args.datasets, "--datasets"),
                     strategies=_names(args.strategies, "--strategies"), max_drop=args.max_drop, n=args.n,
                     val_n=args.val_n, faith_n=args.faith_n, explainers=_names(args.explainers, "--explainers"),
                     prompt=prompt_config(args), dtype=args.dtype, device=args.device, seed=args.seed,
-                    calibration_n=args.calibration_n)
-    with Bar("study", unit="point") as bar:
+                    calibration_n=args.calibration_n, alpha=args.alpha, method=args.conformal_method,
+                    repair=parse_methods(args.repair, "--repair") if args.repair is not None else ())
+    with Bar("study (points and greedy candidates)", unit="mask") as bar:
         result = run_study(spec, args.out, engine=args.engine, address=args.address, workers=args.workers,
                            cpus_per_worker=args.cpus_per_worker, progress=bar)
     shown = [c for c in ("model", "dataset", "strategy", "explainer", "dropped", "accuracy", "ece",
-                         "comprehensiveness", "sufficiency") if c in result.table and result.table[c].notna().any()]
+                         "comprehensiveness", "sufficiency", "coverage", "set_size", "aurc")
+             if c in result.table and result.table[c].notna().any()]
     print(result.table[shown].round(3).to_string(index=False))
     print(json.dumps({k: result.run[k] for k in ("points", "computed", "cached", "seconds")}))
     print(f"wrote results.csv, results.parquet, run.json and report.html to {args.out}")

@@ -20,6 +20,7 @@ import pandas as pd
 
 from ..cache import cache_key
 from ..errors import UserError
+from ..model.states import record_for
 from ..progress import Progress
 from ..task.data import Dataset, Example
 from ..task.setup import Setup
@@ -102,15 +103,20 @@ def typed_example(setup: Setup, text: str) -> Example:
 
 
 class DatasetExplainer:
-    """Explains examples of a setup's data set under one mask and explainer configuration, through the cache."""
+    """Explains examples of a setup's data set under one mask and explainer configuration, through the cache.
+
+    ``next_masks``: the masks the caller will explain the same examples under next. Their perturbed inputs are
+    the same (sampling is seeded by the input), so the hidden states where each first differs from ``drop`` are
+    kept as these are explained, and those explanations start there (`core.model.states`).
+    """
 
     def __init__(self, setup: Setup, drop: Sequence[int] = (), config: ExplainConfig = ExplainConfig(),
-                 split: str = "test") -> None:
+                 split: str = "test", next_masks: Sequence[Sequence[int]] = ()) -> None:
         config.validate()
         self.lm, self.dataset, self.split = setup.lm, setup.ds, split
         self.builder = setup.builder(drop)
         self.config, self.cache = config, setup.cache
-        self.target = make_target(setup.lm, self.builder, drop)
+        self.target = make_target(setup.lm, self.builder, drop, record_for(drop, next_masks))
         self.drop = self.target.drop
         self.replacement = replacement_token(setup.lm.tokenizer, config.removal)
 

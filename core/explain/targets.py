@@ -12,7 +12,7 @@ build a hand-made bag-of-words target whose decisive word is known. `make_target
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -62,12 +62,18 @@ def renormalise_torch(logits: torch.Tensor, n_options: int = 0) -> torch.Tensor:
 
 
 class LMTarget:
-    """A causal LM behind one prompt, with the attention of ``drop`` skipped on every call."""
+    """A causal LM behind one prompt, with the attention of ``drop`` skipped on every call.
+
+    Its inputs start from stored hidden states where the mask allows (`core.model.states`); ``record``
+    names the layers whose states it keeps for the masks explained next (none by default: an
+    explanation scores hundreds of perturbed inputs, too many to keep at every layer).
+    """
 
     def __init__(self, lm: LoadedModel, builder: AnswerInput, drop: Sequence[int] = (),
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, record: Iterable[int] = ()) -> None:
         self.lm, self.builder = lm, builder
         self.drop = validate_mask(drop, lm.num_layers)
+        self.record = frozenset(record)
         self.n_answers = len(builder.candidate_ids)
         self.batch_size = batch_size
         self.special_ids = {"pad": lm.tokenizer.pad_token_id, "unk": lm.tokenizer.unk_token_id}
@@ -78,7 +84,8 @@ class LMTarget:
         unique = list(dict.fromkeys(tuple(x) for x in inputs))
         suffix = self.builder.suffix_ids
         with dropped_attention(self.lm.model, self.drop):
-            logits = candidate_logits(self.lm, self.builder, [list(u) + suffix for u in unique], self.batch_size)
+            logits = candidate_logits(self.lm, self.builder, [list(u) + suffix for u in unique], self.batch_size,
+                                      record=self.record)
         row = {u: i for i, u in enumerate(unique)}
         return renormalise(logits[[row[tuple(x)] for x in inputs]], n_options)
 
@@ -143,6 +150,9 @@ class ClassifierTarget(LMTarget):
         return renormalise_torch(self.builder.head.logits_torch(hidden.float().mean(dim=1)), n_options)
 
 
-def make_target(lm: LoadedModel, builder: AnswerInput, drop: Sequence[int] = ()) -> LMTarget:
-    """The target that explains ``lm``'s answers through ``builder``, with the attention of ``drop`` skipped."""
-    return ClassifierTarget(lm, builder, drop) if isinstance(builder, ClassifierInput) else LMTarget(lm, builder, drop)
+def make_target(lm: LoadedModel, builder: AnswerInput, drop: Sequence[int] = (), record: Iterable[int] = ()
+                ) -> LMTarget:
+    """The target that explains ``lm``'s answers through ``builder``, with the attention of ``drop`` skipped
+    (``record``: see `LMTarget`)."""
+    kind = ClassifierTarget if isinstance(builder, ClassifierInput) else LMTarget
+    return kind(lm, builder, drop, record=record)

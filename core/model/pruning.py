@@ -6,19 +6,32 @@ its own): for a kept layer it calls the original forward unchanged; for a droppe
 the MLP branch given by the architecture table, so the attention (and its norms) is never computed.
 With no mask active the model behaves exactly as the unpruned model.
 
+A model built by copying an installed one (`private_copy`) gets dispatchers of its own: a plain
+``copy.deepcopy`` would keep dispatchers that look up the *original* model's mask and call the
+original layers' forwards, so the copy would silently compute with the original's weights.
+
 A dropped layer writes nothing to the KV cache. transformers reads the cache length and the mask
 sizes from one layer (the first), which is empty when that layer is dropped, and then silently
 builds a wrong causal mask. `MaskAwareCache` answers those questions from the first *kept* layer of
 the same kind (full or sliding window).
+
+The same dispatcher can also *resume* a forward pass (`resumed`, used by `core.model.states`): the
+layers below a start layer return their input untouched (they are not run), the start layer gets a
+stored residual stream in place of its input, and the states entering chosen layers are handed to a
+sink as the pass goes. The embeddings, the causal mask and the position embeddings are still made by
+the model's own forward, so every family works the same way; only the layers' work is skipped.
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable, Iterator, Sequence
+import copy
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from types import MethodType
 
+import torch
 from torch import nn
 from transformers import DynamicCache
 
@@ -30,6 +43,22 @@ _ACTIVE: contextvars.ContextVar[dict[int, frozenset[int]] | None] = contextvars.
     "dropped_attention", default=None
 )
 _INSTALLED = "_attn_drop_installed"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """How one forward pass of a model runs its layers (see the module notes): from ``start`` on, with
+    ``inject`` as the residual stream entering layer ``start``, and the states entering the layers of
+    ``record`` handed to ``sink(layer, hidden)``."""
+
+    start: int = 0
+    inject: torch.Tensor | None = None
+    record: frozenset[int] = frozenset()
+    sink: Callable[[int, torch.Tensor], None] | None = None
+
+
+# model id -> the plan of the forward pass running in the current context
+_PLAN: contextvars.ContextVar[dict[int, RunPlan] | None] = contextvars.ContextVar("run_plan", default=None)
 
 
 def num_layers(model: nn.Module) -> int:
@@ -81,15 +110,53 @@ def install(model: nn.Module) -> ArchSpec:
         original = layer.forward
 
         def forward(self: nn.Module, *args: object, _idx: int = idx, _orig=original, **kwargs: object):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            plan = (_PLAN.get() or {}).get(key)
+            if plan is not None:
+                if _idx < plan.start:
+                    return hidden  # below the start: this layer's output is already in the injected state
+                if _idx == plan.start and plan.inject is not None:
+                    hidden = plan.inject.to(device=hidden.device, dtype=hidden.dtype)  # type: ignore[union-attr]
+                    if args:
+                        args = (hidden, *args[1:])
+                    else:
+                        kwargs = {**kwargs, "hidden_states": hidden}
+                if plan.sink is not None and _idx in plan.record:
+                    plan.sink(_idx, hidden)  # type: ignore[arg-type]
             dropped = (_ACTIVE.get() or {}).get(key)
             if dropped is None or _idx not in dropped:
                 return _orig(*args, **kwargs)
-            hidden = args[0] if args else kwargs["hidden_states"]
             return spec.mlp_only(self, hidden)  # type: ignore[arg-type]
 
+        forward._mask_dispatcher = True  # type: ignore[attr-defined]
         layer.forward = MethodType(forward, layer)
     setattr(model, _INSTALLED, True)
     return spec
+
+
+def private_copy(model: nn.Module, copied: Container[str] = ()) -> nn.Module:
+    """A copy of ``model`` with its own mask dispatcher, that shares no parameter object with it.
+
+    Parameters named in ``copied`` get their own storage (code that writes them, e.g. merging LoRA
+    weights, leaves ``model`` untouched); every other parameter is a new ``Parameter`` over the same
+    storage, so the copy costs no weight memory, and setting ``requires_grad`` on it changes nothing
+    of ``model``. Writing into a shared parameter's data would write into ``model``: name it in
+    ``copied``. Tied weights stay tied. The copy is returned with its dispatcher installed.
+    """
+    named = list(model.named_parameters(remove_duplicate=False))
+    own = {id(param) for name, param in named if name in copied}  # a tied weight named once is copied
+    memo: dict[int, object] = {}
+    for _, param in named:
+        if id(param) not in own and id(param) not in memo:
+            memo[id(param)] = nn.Parameter(param.data, requires_grad=param.requires_grad)
+    clone = copy.deepcopy(model, memo)
+    for layer in spec_for_model(clone).layer_list(clone):
+        if getattr(layer.__dict__.get("forward"), "_mask_dispatcher", False):
+            del layer.forward  # back to the class's forward, bound to the copied layer
+    if _INSTALLED in clone.__dict__:
+        delattr(clone, _INSTALLED)
+    install(clone)
+    return clone
 
 
 def active_mask(model: nn.Module) -> frozenset[int]:
@@ -115,21 +182,34 @@ def dropped_attention(model: nn.Module, layers: Iterable[int]) -> Iterator[tuple
         _ACTIVE.reset(token)
 
 
+@contextmanager
+def resumed(model: nn.Module, plan: RunPlan) -> Iterator[None]:
+    """Run the forward passes of ``model`` made inside the block by ``plan``, in this context only."""
+    install(model)
+    current = dict(_PLAN.get() or {})
+    current[id(model)] = plan
+    token = _PLAN.set(current)
+    try:
+        yield
+    finally:
+        _PLAN.reset(token)
+
+
 class MaskAwareCache(DynamicCache):
     """A `DynamicCache` that answers length questions from the first kept layer of the same kind."""
 
     def __init__(self, model: nn.Module, kept: Sequence[int]) -> None:
         # With the config, one typed layer (full or sliding window) is built per decoder layer.
         super().__init__(config=model.config)
-        self._kept = sorted(kept)
+        self.kept = sorted(kept)
         self._sliding = list(self.is_sliding)
 
     def _remap(self, layer_idx: int) -> int:
-        if not self._kept or layer_idx in self._kept:
+        if not self.kept or layer_idx in self.kept:
             return layer_idx
         kind = self._sliding[layer_idx]
-        same = [i for i in self._kept if self._sliding[i] == kind]
-        return same[0] if same else self._kept[0]
+        same = [i for i in self.kept if self._sliding[i] == kind]
+        return same[0] if same else self.kept[0]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return super().get_seq_length(self._remap(layer_idx))
@@ -141,19 +221,23 @@ class MaskAwareCache(DynamicCache):
         return super().get_query_offset(self._remap(layer_idx))
 
 
-def new_cache(model: nn.Module) -> MaskAwareCache:
-    """An empty cache for ``model`` under the mask active in this context."""
+def new_cache(model: nn.Module, start: int = 0) -> MaskAwareCache:
+    """An empty cache for ``model`` under the mask active in this context.
+
+    ``start``: the forward passes that fill and read it run from that layer on (`resumed`), so the
+    layers below it are not run and hold nothing, like dropped ones.
+    """
     dropped = active_mask(model)
-    kept = [i for i in range(num_layers(model)) if i not in dropped]
+    kept = [i for i in range(start, num_layers(model)) if i not in dropped]
     return MaskAwareCache(model, kept)
 
 
 def expand_cache(model: nn.Module, prefix: MaskAwareCache, batch: int) -> MaskAwareCache:
-    """A fresh cache holding ``prefix``'s keys and values repeated over ``batch`` rows.
+    """A fresh cache holding ``prefix``'s keys and values repeated over ``batch`` rows (and its kept layers).
 
     The prefix tensors are shared (``expand``), never written: each batch appends to new tensors.
     """
-    cache = new_cache(model)
+    cache = MaskAwareCache(model, prefix.kept)
     for dst, src in zip(cache.layers, prefix.layers, strict=True):
         if getattr(src, "is_initialized", False) and src.keys is not None and src.keys.numel() > 0:
             keys = src.keys.expand(batch, *src.keys.shape[1:])

@@ -1,10 +1,13 @@
 """Two attention masks on the same examples: the one home for "full model against pruned model".
 
-Every front end that sets two masks side by side (the Calibration, Explanations and Learn views,
-``python -m core explain``) calls this module and only arranges what it returns:
+Every front end that sets two masks side by side (the Calibration, Prediction sets, Explanations and
+Learn views, ``python -m core explain``) calls this module and only arranges what it returns:
 
 * `compare_results`: both masks evaluated on the same sample, with a metrics table (one row per
-  metric of `core.metrics`) and a per-example table (predictions, confidence, flips);
+  metric of `core.metrics`) and a per-example table (predictions, confidence, flips); its
+  `ResultComparison.sets` are the prediction sets and abstention of both (`core.study.sets`);
+  `ResultComparison.repairs` fits the recalibration methods on the second mask's validation examples
+  (`core.study.repair`);
 * `compare_explanations`: one example explained under both masks with the same explainer, each
   explanation's ERASER faithfulness on its own model, the agreement between the two and, on
   request, the seeded random explainer's faithfulness on the base model as a floor;
@@ -17,7 +20,7 @@ The base mask is the full model by default; any two masks can be compared.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -49,6 +52,8 @@ from ..task.uncertainty import (
     paired_mean_difference,
     resample_counts,
 )
+from .repair import RepairComparison, repair_key, repair_results
+from .sets import DEFAULT_ALPHA, DEFAULT_METHOD, SetStats, set_stats
 
 NAMES = ("full model", "pruned")
 
@@ -79,6 +84,8 @@ class ResultComparison:
     other: EvalResult
     names: tuple[str, str] = NAMES
     _stats: dict[tuple[int, int], PairedStats] = field(default_factory=dict, repr=False)
+    _sets: dict[tuple, SetStats] = field(default_factory=dict, repr=False)
+    _repairs: dict[tuple, RepairComparison] = field(default_factory=dict, repr=False)
 
     @property
     def same_mask(self) -> bool:
@@ -99,6 +106,27 @@ class ResultComparison:
         if key not in self._stats:
             self._stats[key] = paired_stats(self.base, self.other, n_resamples, seed)
         return self._stats[key]
+
+    def sets(self, alpha: float | str = DEFAULT_ALPHA, method: str = DEFAULT_METHOD, n_resamples: int = N_RESAMPLES,
+             seed: int = 0) -> SetStats:
+        """Prediction sets and abstention, paired (`core.study.sets.set_stats`; computed once per setting)."""
+        key = (str(alpha), method, n_resamples, seed)
+        if key not in self._sets:
+            self._sets[key] = set_stats(self.base, self.other, alpha, method, n_resamples, seed)
+        return self._sets[key]
+
+    def repairs(self, setup: Setup | None = None, methods: Sequence[str] | None = None,
+                params: Mapping[str, Mapping[str, object]] | None = None, full_after: bool = False,
+                n_resamples: int = N_RESAMPLES, seed: int = 0) -> RepairComparison:
+        """Every recalibration method of ``methods`` (all by default) fitted on ``other``'s validation logits and
+        compared with it unrepaired and with ``base`` (`core.study.repair.repair_results`); computed once per
+        methods, parameters and resampling. ``setup`` (the one both sides were evaluated with) gives contextual
+        calibration its content-free answers."""
+        key = repair_key(methods, params, full_after, n_resamples, seed)
+        if key not in self._repairs:
+            self._repairs[key] = repair_results(self.base, self.other, setup, methods, params, full_after=full_after,
+                                                n_resamples=n_resamples, seed=seed)
+        return self._repairs[key]
 
     def predictions(self, suffixes: tuple[str, str] = ("full", "pruned")) -> pd.DataFrame:
         """One row per example, both sides' columns suffixed (``correct_full``, ``confidence_pruned``, ...)."""
@@ -396,7 +424,8 @@ def compare_explanations(setup: Setup, drop: Sequence[int], example: Example, co
         done = [explainer.explain(example, seed=s) for s in run_seeds]
         return [a for a, _ in done], all(hit for _, hit in done)
 
-    first = DatasetExplainer(setup, base, config, split)
+    # the second mask's perturbed inputs are the base's: keep the states where it starts, as the base runs
+    first = DatasetExplainer(setup, base, config, split, next_masks=[drop] if drop != base else [])
     base_runs, hit = runs(first)
     out = ExplanationComparison(example=example, answers=tuple(first.builder.answer_words), base=base_runs[0],
                                 base_faithfulness=first.faithfulness([example], base_runs[:1])[0], base_cached=hit,

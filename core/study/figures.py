@@ -18,6 +18,7 @@ from plotly.subplots import make_subplots
 
 from ..explain.faithfulness import Faithfulness
 from ..metrics import FAITHFULNESS, METRICS, metric
+from .sets import CoverageCurve, RiskBand
 
 FULL, PRUNED, RANDOM, EXTRA = "#3b5bdb", "#f08c00", "#868e96", "#2b8a3e"
 PALETTE = [FULL, PRUNED, EXTRA, "#ae3ec9", "#e03131"]
@@ -144,7 +145,7 @@ def interval_band(table: pd.DataFrame, x: str, key: str, colour: str) -> go.Scat
         return None
     return go.Scatter(x=[*rows[x], *rows[x][::-1]], y=[*rows[hi], *rows[lo][::-1]], fill="toself", mode="lines",
                       line=dict(width=0), fillcolor=_rgba(colour, 0.18), hoverinfo="skip",
-                      name=f"{METRICS[key].title}: 95% interval", showlegend=False)
+                      name=f"{METRICS[key].title if key in METRICS else key}: 95% interval", showlegend=False)
 
 
 def tradeoff_curves(table: pd.DataFrame, x: str = "dropped", current: int | None = None) -> go.Figure:
@@ -174,6 +175,88 @@ def tradeoff_curves(table: pd.DataFrame, x: str = "dropped", current: int | None
             fig.add_vline(x=current, line=dict(color="black", dash="dot", width=1), row=1, col=col)
     fig.update_xaxes(title_text="attention layers dropped")
     fig.update_layout(**LAYOUT, height=340)
+    return fig
+
+
+SET_TRADEOFF_METRICS = ("coverage", "set_size", "aurc")
+"""The prediction-set and abstention metrics `set_curves` draws against the layers dropped."""
+
+
+def set_curves(table: pd.DataFrame, alpha: float | None = None, x: str = "dropped") -> go.Figure:
+    """Set coverage, mean set size and AURC against the number of attention layers dropped, each in its 95%
+    band; with ``alpha``, the coverage panel draws the 1 - alpha the sets are calibrated for. A threshold that
+    jumps from one mask to the next shows as a step in the set size."""
+    metrics = [m for m in SET_TRADEOFF_METRICS if m in table and table[m].notna().any()]
+    fig = make_subplots(rows=1, cols=max(len(metrics), 1), subplot_titles=[METRICS[m].axis_title() for m in metrics])
+    for col, m in enumerate(metrics, start=1):
+        band = interval_band(table, x, m, _colour(col - 1))
+        if band is not None:
+            fig.add_trace(band, row=1, col=col)
+        fig.add_trace(go.Scatter(x=table[x], y=table[m], mode="lines+markers", name=METRICS[m].title,
+                                 line=dict(color=_colour(col - 1)), showlegend=False), row=1, col=col)
+        if m == "coverage" and alpha is not None:
+            fig.add_hline(y=1 - alpha, line=dict(color="black", dash="dot", width=1), row=1, col=col,
+                          annotation_text=f"1 - alpha = {1 - alpha:g}", annotation_position="bottom right")
+    fig.update_xaxes(title_text="attention layers dropped")
+    fig.update_layout(**LAYOUT, height=340, title="Prediction sets and abstention")
+    return fig
+
+
+def set_size_histogram(sizes: Mapping[str, np.ndarray], answers: int) -> go.Figure:
+    """The share of test examples whose prediction set holds 0, 1, ..., ``answers`` answers, per run, side by side."""
+    fig = go.Figure()
+    x = list(range(answers + 1))
+    for i, (name, s) in enumerate(sizes.items()):
+        s = np.asarray(s)
+        share = [float((s == k).mean()) for k in x]
+        fig.add_trace(go.Bar(x=x, y=share, name=f"{name} (mean {s.mean():.2f})", marker_color=_colour(i),
+                             text=[f"{v:.0%}" if v else "" for v in share], textposition="outside",
+                             hovertemplate="%{x} answers: %{y:.1%} of the examples<extra>" + name + "</extra>"))
+    fig.update_layout(**LAYOUT, barmode="group", height=340, title="Prediction set sizes",
+                      xaxis=dict(title="answers in the set", tickmode="array", tickvals=x),
+                      yaxis=dict(title="share of test examples", tickformat=".0%", range=[0, 1.1]))
+    return fig
+
+
+def coverage_alpha_curves(curves: Mapping[str, CoverageCurve], alpha: float | None = None) -> go.Figure:
+    """Test coverage against alpha per run, with the 1 - alpha line and the band where an exchangeable model's
+    coverage of these test examples falls in 95% of draws (the first run's: it depends only on the counts)."""
+    fig = go.Figure()
+    first = next(iter(curves.values()), None)
+    if first is not None:
+        a = list(first.alphas)
+        fig.add_trace(go.Scatter(x=[*a, *a[::-1]], y=[*first.band_hi, *first.band_lo[::-1]], fill="toself",
+                                 mode="lines", line=dict(width=0), fillcolor=_rgba(RANDOM, 0.25), hoverinfo="skip",
+                                 name=f"95% band: {first.n_cal} calibration, {first.n} test examples"))
+        fig.add_trace(go.Scatter(x=a, y=[1 - v for v in a], mode="lines", name="1 - alpha",
+                                 line=dict(color="black", dash="dash")))
+    for i, (name, c) in enumerate(curves.items()):
+        fig.add_trace(go.Scatter(x=list(c.alphas), y=list(c.coverage), mode="lines+markers", name=name,
+                                 line=dict(color=_colour(i)), customdata=list(c.set_size),
+                                 hovertemplate="alpha %{x:.2f}: coverage %{y:.3f}, mean set size %{customdata:.2f}"
+                                               "<extra>" + name + "</extra>"))
+    if alpha is not None:
+        fig.add_vline(x=alpha, line=dict(color="grey", dash="dot", width=1))
+    fig.update_layout(**LAYOUT, height=360, title="Coverage against alpha", xaxis_title="alpha (miscoverage)",
+                      yaxis_title=METRICS["coverage"].axis_title())
+    return fig
+
+
+def risk_coverage_curves(bands: Mapping[str, RiskBand]) -> go.Figure:
+    """Selective risk against coverage per run (most confident answered first), each in its 95% bootstrap band."""
+    fig = go.Figure()
+    for i, (name, b) in enumerate(bands.items()):
+        c = list(b.coverage)
+        fig.add_trace(go.Scatter(x=[*c, *c[::-1]], y=[*b.hi, *b.lo[::-1]], fill="toself", mode="lines",
+                                 line=dict(width=0), fillcolor=_rgba(_colour(i), 0.18), hoverinfo="skip",
+                                 name=f"{name}: 95% band", showlegend=False))
+        fig.add_trace(go.Scatter(x=c, y=list(b.risk), mode="lines", name=name, line=dict(color=_colour(i)),
+                                 hovertemplate="answering %{x:.0%}: %{y:.1%} wrong<extra>" + name + "</extra>"))
+    fig.update_layout(**LAYOUT, height=360, title="Risk against coverage",
+                      xaxis=dict(title="coverage: share of examples answered, most confident first", tickformat=".0%",
+                                 range=[0, 1]),
+                      yaxis=dict(title="selective risk: share of those answered wrongly (lower is better)",
+                                 tickformat=".0%", rangemode="tozero"))
     return fig
 
 
@@ -270,4 +353,39 @@ def importance_bars(scores: Sequence[float], dropped: Sequence[int] = ()) -> go.
     ))
     fig.update_layout(**LAYOUT, height=260, xaxis_title="attention layer", yaxis_title="1 - cos(x, x + attn(x))",
                       title="Importance of each attention layer (low = redundant)")
+    return fig
+
+
+METHOD_COLOURS = [*PALETTE, "#1098ad", "#5c940d", "#d6336c"]
+"""One colour per recalibration method (there are seven), in menu order."""
+
+
+def repair_curves(table: pd.DataFrame, x: str = "dropped", title: str = "ECE after repair against layers dropped"
+                  ) -> go.Figure:
+    """ECE against the number of attention layers dropped, unrepaired and after each repair method of a sweep table
+    (its ``ece_repaired_<method>`` columns), each line in its shaded 95% interval; the ECE a perfectly calibrated
+    model reaches in 95% of samples of this size dotted, when the table has it."""
+    from ..task.recalibration import RECALIBRATORS
+    from .sweep import repaired_column, repaired_methods
+
+    ece = METRICS["ece"]
+    fig = go.Figure()
+    menu = list(RECALIBRATORS)
+    lines = [("ece", f"{ece.title}, unrepaired", RANDOM)] + [
+        (repaired_column("ece", m), f"{ece.title} after {RECALIBRATORS[m].title}",
+         METHOD_COLOURS[menu.index(m) % len(METHOD_COLOURS)]) for m in repaired_methods(table)]
+    rows = table.sort_values(x)
+    for i, (column, name, colour) in enumerate(lines):
+        if column not in rows or rows[column].isna().all():
+            continue
+        band = interval_band(rows, x, column, colour)
+        if band is not None:
+            fig.add_trace(band.update(name=f"{name}: 95% interval", legendgroup=name))
+        fig.add_trace(go.Scatter(x=rows[x], y=rows[column], mode="lines+markers", name=name, legendgroup=name,
+                                 line=dict(color=colour, dash="dash" if i == 0 else "solid")))
+    if "ece_noise_q95" in rows and rows["ece_noise_q95"].notna().any():
+        fig.add_trace(go.Scatter(x=rows[x], y=rows["ece_noise_q95"], mode="lines", line=dict(color="grey", dash="dot"),
+                                 name="ECE a perfectly calibrated model reaches in 95% of samples"))
+    fig.update_layout(**LAYOUT, height=380, title=title, xaxis_title="attention layers dropped",
+                      yaxis_title=ece.axis_title())
     return fig

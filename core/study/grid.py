@@ -35,17 +35,21 @@ from ..cache import ResultCache, cache_key
 from ..errors import UserError
 from ..explain.dataset import ExplainConfig
 from ..explain.methods import EXPLAINERS
+from ..progress import StageProgress
 from ..task.data import Dataset, load_dataset
 from ..task.evaluation import EvalConfig
 from ..task.prompts import PromptConfig
-from .strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig
-from .sweep import COLUMNS, PointConfig
+from ..task.recalibration import RECALIBRATION_VERSION, RECALIBRATORS
+from .repair import require_validation
+from .sets import DEFAULT_ALPHA, DEFAULT_METHOD, check_settings
+from .strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig, candidate_masks
+from .sweep import COLUMNS, PointConfig, repair_columns
 
 ENGINES = ("local", "ray")
 GREEDY = ("greedy-divergence", "trust-greedy")
 KEYS = ["model", "dataset", "strategy", "explainer", "dropped"]
 """What names a point: one row per distinct combination."""
-COLUMNS_OUT = [*KEYS[:-1], *[c for c in COLUMNS if c not in ("latency_ms", "latency_full_ms")], "cached"]
+COLUMNS_OUT = [*KEYS[:-1], *[c for c in COLUMNS if not c.startswith(("latency_", "flop_"))], "cached"]
 """The columns of results.csv: the point's names, the sweep's metrics with intervals, and where it came from."""
 RUN_DEPENDENT = ("seconds", "cached")
 """Columns that say how a run went rather than what the model does; equal grids differ only in these."""
@@ -68,6 +72,12 @@ class GridSpec:
     seed: int = 0
     calibration_n: int = 100
     """Greedy strategies: the validation examples they judge masks on."""
+    alpha: float = DEFAULT_ALPHA
+    """The prediction sets' miscoverage (`core.study.sets`)."""
+    method: str = DEFAULT_METHOD
+    """The prediction sets' conformal score."""
+    repair: tuple[str, ...] = ()
+    """Recalibration methods fitted on each point's validation split (their columns: `repair_columns`)."""
 
     def explainer_list(self) -> tuple[str | None, ...]:
         return self.explainers if self.faith_n > 0 else (None,)
@@ -110,7 +120,11 @@ class Plan:
 
     def point_key(self, point: Point) -> str:
         return cache_key("study-point", **self._cell_parts(point.cell), dropped=point.dropped,
-                         eval=asdict(self.eval_config()), explain=self.explain_parts(point.explainer))
+                         eval=asdict(self.eval_config()), explain=self.explain_parts(point.explainer),
+                         sets={"alpha": repr(float(self.spec.alpha)), "method": self.spec.method},
+                         # only when asked for, so that the points stored before the option existed stay found
+                         **({"repair": list(self.spec.repair), "repair_version": RECALIBRATION_VERSION}
+                            if self.spec.repair else {}))
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(n=self.spec.n, seed=self.spec.seed, val_n=self.spec.val_n)
@@ -124,10 +138,21 @@ class Plan:
     def point_config(self, explainer: str | None) -> PointConfig:
         return PointConfig(eval=self.eval_config(),
                            explain=ExplainConfig.make(explainer) if explainer else None,
-                           faith_n=max(self.spec.faith_n, 1))
+                           faith_n=max(self.spec.faith_n, 1), alpha=self.spec.alpha, method=self.spec.method,
+                           repair=self.spec.repair)
+
+    def columns(self) -> list[str]:
+        """The columns of results.csv: `COLUMNS_OUT`, with the repair methods' before ``cached``."""
+        return [*COLUMNS_OUT[:-1], *repair_columns(self.spec.repair), COLUMNS_OUT[-1]]
 
     def cells(self) -> list[Cell]:
         return list(dict.fromkeys(p.cell for p in self.points))
+
+    def order_masks(self, cell: Cell) -> int:
+        """The candidate masks a cell's order tries (a greedy strategy's search; 0 for the others)."""
+        if cell.strategy not in GREEDY:
+            return 0
+        return candidate_masks(self.layers[cell.model], self.strategy(cell).steps or self.layers[cell.model])
 
 
 def _unknown(kind: str, names: Sequence[str], allowed: Sequence[str]) -> None:
@@ -151,6 +176,7 @@ def plan(spec: GridSpec, engine: str = "local", check_device: bool = True) -> Pl
     _unknown("strategy", spec.strategies, list(STRATEGIES))
     if spec.faith_n < 0 or spec.n < 1 or spec.val_n < 0 or spec.max_drop < 0:
         raise UserError("n must be at least 1, and val_n, faith_n and max_drop at least 0")
+    check_settings(spec.alpha, spec.method)  # too few validation examples for alpha leave a point's sets empty
     if spec.faith_n > 0:
         if not spec.explainers:
             raise UserError(f"faith_n > 0 needs at least one explainer: {', '.join(EXPLAINERS)}")
@@ -161,6 +187,10 @@ def plan(spec: GridSpec, engine: str = "local", check_device: bool = True) -> Pl
         if spec.max_drop > info.num_layers:
             raise UserError(f"max_drop {spec.max_drop} is more than the {info.num_layers} attention layers of "
                             f"'{name}'; use 0 to {info.num_layers}")
+    if spec.repair:
+        _unknown("recalibration method", spec.repair, list(RECALIBRATORS))
+        for ds in datasets.values():
+            require_validation(ds, spec.val_n, "the repair methods")
     greedy = [s for s in spec.strategies if s in GREEDY]
     lacking = [d for d, ds in datasets.items() if not ds.splits.get("validation")]
     if greedy and lacking:
@@ -204,15 +234,19 @@ class GridWorker:
             self.loads += 1
         return Setup(self._lm[1], self.datasets[cell.dataset], self.spec.prompt, cache=self.cache)
 
-    def order(self, plan_strategy: StrategyConfig, cell: Cell) -> list[int]:
+    def order(self, plan_strategy: StrategyConfig, cell: Cell, progress: StageProgress | None = None) -> list[int]:
         from .strategies import layer_order
 
-        return layer_order(self._setup(cell), plan_strategy)
+        return layer_order(self._setup(cell), plan_strategy, progress)
 
-    def point(self, cell: Cell, order: list[int], dropped: int, config: PointConfig) -> dict:
+    def point(self, cell: Cell, order: list[int], dropped: int, config: PointConfig, later: Sequence[int] = ()
+              ) -> dict:
+        """The point of ``cell`` with ``dropped`` layers of ``order`` dropped; ``later``: the numbers dropped of
+        the cell's points this worker evaluates next (their explanations start from states this one keeps)."""
         from .sweep import evaluate_point
 
-        return evaluate_point(self._setup(cell), order[:dropped], config)
+        return evaluate_point(self._setup(cell), order[:dropped], config,
+                              next_masks=[order[:k] for k in later])
 
     def pid(self) -> int:
         return os.getpid()
@@ -225,6 +259,11 @@ class Task:
     cell: Cell
     order: list[int] | None
     points: list[Point]
+
+
+def _later(points: Sequence[Point], i: int) -> list[int]:
+    """The numbers dropped of the points after the ``i``-th with its explainer: what it should keep states for."""
+    return [p.dropped for p in points[i + 1:] if p.explainer == points[i].explainer]
 
 
 Event = tuple[str, Any, Any]
@@ -240,15 +279,20 @@ class LocalEngine:
         self.plan = plan
         self.worker = GridWorker(plan.spec, plan.datasets, cache_root)
 
-    def run(self, tasks: list[Task]) -> Iterator[Event]:
+    def run(self, tasks: list[Task], on_masks: Callable[[Cell, int], None] | None = None) -> Iterator[Event]:
+        """The tasks' events; ``on_masks(cell, done)`` hears each candidate mask a greedy order has tried."""
         for task in sorted(tasks, key=lambda t: self.plan.spec.models.index(t.cell.model)):
             order = task.order
             if order is None:
-                order = self.worker.order(self.plan.strategy(task.cell), task.cell)
+                def tried(_what: str, done: float, _total: int, cell: Cell = task.cell) -> None:
+                    if on_masks:
+                        on_masks(cell, int(done))
+                order = self.worker.order(self.plan.strategy(task.cell), task.cell, tried)
                 yield "order", task.cell, order
-            for point in task.points:
+            for i, point in enumerate(task.points):
                 yield "point", point, self.worker.point(task.cell, order, point.dropped,
-                                                        self.plan.point_config(point.explainer))
+                                                        self.plan.point_config(point.explainer),
+                                                        _later(task.points, i))
 
     def describe(self) -> dict:
         return {"engine": "local", "workers": 1, "model_loads": self.worker.loads}
@@ -286,7 +330,9 @@ class RayEngine:
         self.actors = [remote.remote(plan.spec, self._datasets, cache_root, cpus_per_worker) for _ in range(count)]
         self.address = address
 
-    def run(self, tasks: list[Task]) -> Iterator[Event]:
+    def run(self, tasks: list[Task], on_masks: Callable[[Cell, int], None] | None = None) -> Iterator[Event]:
+        """The tasks' events as the actors finish them; a greedy order's candidate masks are heard all at once,
+        ``on_masks(cell, all of them)``, when the order arrives (the actor's progress stays on its machine)."""
         ray = self.ray
         load = [0] * len(self.actors)
         models: list[set[str]] = [set() for _ in self.actors]
@@ -301,14 +347,18 @@ class RayEngine:
             if order is None:
                 order = actor.order.remote(self.plan.strategy(task.cell), task.cell)
                 pending[order] = ("order", task.cell)
-            for point in task.points:
-                ref = actor.point.remote(task.cell, order, point.dropped, self.plan.point_config(point.explainer))
+            for j, point in enumerate(task.points):  # an actor runs its calls in order: a cell's points resume
+                ref = actor.point.remote(task.cell, order, point.dropped, self.plan.point_config(point.explainer),
+                                         _later(task.points, j))
                 pending[ref] = ("point", point)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             kind, what = pending.pop(done[0])
             try:
-                yield kind, what, ray.get(done[0])
+                value = ray.get(done[0])
+                if kind == "order" and on_masks:
+                    on_masks(what, self.plan.order_masks(what))
+                yield kind, what, value
             except (ray.exceptions.RayError, UserError) as err:
                 yield "failed", what, f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
 
@@ -349,8 +399,9 @@ def run_study(spec: GridSpec, out: str | Path | None = None, engine: str = "loca
               on_point: Callable[[Point, Any], None] | None = None) -> StudyResult:
     """Evaluate every point of ``spec`` that ``cache`` lacks, and write the study's files to ``out``.
 
-    ``progress`` gets (points done, points in all), cached ones included; ``on_point`` gets each
-    computed point and the engine (the tests kill workers with it). Points that fail even after Ray's
+    ``progress`` gets (masks done, masks in all), cached ones included: each point is one mask, and a greedy
+    cell's order counts the candidate masks its search tries, so a long search moves the count too. ``on_point``
+    gets each computed point and the engine (the tests kill workers with it). Points that fail even after Ray's
     retries are listed in the result and in run.json; the others are kept and written.
     """
     start = time.perf_counter()
@@ -369,9 +420,19 @@ def run_study(spec: GridSpec, out: str | Path | None = None, engine: str = "loca
         if todo:
             stored = cache.get(checked.order_key(cell), required=("order",))
             tasks.append(Task(cell, stored["order"] if stored else None, todo))
-    total = len(checked.points)
-    if progress:
-        progress(len(rows), total)
+    searching = {t.cell: checked.order_masks(t.cell) for t in tasks if t.order is None}
+    tried = dict.fromkeys(searching, 0)
+    total = len(checked.points) + sum(searching.values())
+
+    def report() -> None:
+        if progress:
+            progress(len(rows) + sum(tried.values()), total)
+
+    def on_masks(cell: Cell, done: int) -> None:
+        tried[cell] = min(done, searching.get(cell, 0))
+        report()
+
+    report()
     failed: list[str] = []
     runner = None
     if tasks:
@@ -379,9 +440,10 @@ def run_study(spec: GridSpec, out: str | Path | None = None, engine: str = "loca
         runner = (LocalEngine(checked, root) if engine == "local" else
                   RayEngine(checked, root, address, workers, cpus_per_worker))
         try:
-            for kind, what, value in runner.run(tasks):
+            for kind, what, value in runner.run(tasks, on_masks):
                 if kind == "order":
                     cache.put(checked.order_key(what), {"order": list(value)})
+                    tried[what] = searching.get(what, 0)
                 elif kind == "failed":
                     failed.append(f"{_label(what)}: {value}")
                 elif what not in rows:  # a retried point may arrive twice: keep the first
@@ -389,8 +451,7 @@ def run_study(spec: GridSpec, out: str | Path | None = None, engine: str = "loca
                     rows[what] = {**value, "cached": False}
                     if on_point:
                         on_point(what, runner)
-                if progress:
-                    progress(len(rows), total)
+                report()
         finally:
             described = runner.describe()
             runner.close()
@@ -413,10 +474,11 @@ def _label(what: Point | Cell) -> str:
 
 
 def _table(checked: Plan, rows: dict[Point, dict]) -> pd.DataFrame:
+    columns = checked.columns()
     records = [{"model": p.cell.model, "dataset": p.cell.dataset, "strategy": p.cell.strategy,
-                "explainer": p.explainer or "", **{k: v for k, v in rows[p].items() if k in COLUMNS_OUT}}
+                "explainer": p.explainer or "", **{k: v for k, v in rows[p].items() if k in columns}}
                for p in checked.points if p in rows]
-    return pd.DataFrame(records, columns=COLUMNS_OUT)
+    return pd.DataFrame(records, columns=columns)
 
 
 def _settings(spec: GridSpec) -> dict:

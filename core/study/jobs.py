@@ -37,6 +37,14 @@ class MaskStatus:
     seconds: float | None = None
 
 
+def remaining(elapsed: float, done: float, total: float) -> str:
+    """Time left at the rate so far, in words ("about 3 min left"); empty before the first unit is done."""
+    if done <= 0 or total <= done:
+        return ""
+    left = elapsed / done * (total - done)
+    return f"about {left:.0f} s left" if left < 90 else f"about {left / 60:.0f} min left"
+
+
 class SweepJob:
     """`sweep` of one strategy's order in a daemon thread; `stop` asks it to end at the next batch."""
 
@@ -121,10 +129,12 @@ class SweepJob:
     def _sweep(self) -> None:
         if self.order is None:
             self.stage = f"choosing the order ({self.strategy.name})"
+            began = time.perf_counter()
 
             def choosing(what: str, done: float, total: int) -> None:
                 self._check()
-                self.stage = f"choosing the order ({self.strategy.name}): {what}"
+                left = remaining(time.perf_counter() - began, done, total)
+                self.stage = f"choosing the order ({self.strategy.name}): {what}" + (f", {left}" if left else "")
             self.order = layer_order(self.setup, self.strategy, progress=choosing)
             with self._lock:
                 for line in self.lines:

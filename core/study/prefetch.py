@@ -27,18 +27,28 @@ NICE = 10
 """How much lower than the server's the prefetching thread's scheduling priority is (Linux: per thread)."""
 
 
-def likely_next(order: Sequence[int], drop: Sequence[int], drop_k: int | None, limit: int = 6
-                ) -> list[tuple[int, ...]]:
+def likely_next(order: Sequence[int], drop: Sequence[int], drop_k: int | None, limit: int = 24,
+                budget: float = 6.0) -> list[tuple[int, ...]]:
     """The masks a user is likely to ask for next, most likely first: "drop the k most redundant" for the
     chosen k, then the current mask plus each remaining layer in importance order (``order``: most
-    redundant first)."""
-    current = set(drop)
+    redundant first).
+
+    As many as ``budget`` full forward passes pay for (at most ``limit``): a mask starts from the current
+    mask's hidden states at the first layer where the two differ (`core.model.states`), so it costs the share
+    of the layers from there on, and masks that change a top layer cost a fraction of one pass.
+    """
+    current, n = set(drop), len(order)
     wanted: list[tuple[int, ...]] = []
-    if drop_k is not None and 0 < drop_k <= len(order):
+    if drop_k is not None and 0 < drop_k <= n:
         wanted.append(tuple(sorted(order[:drop_k])))
     wanted += [tuple(sorted(current | {layer})) for layer in order if layer not in current]
-    out = list(dict.fromkeys(m for m in wanted if set(m) != current and len(m) < len(order)))
-    return out[:limit]
+    out, layers = [], 0  # the budget in layer passes, counted in whole layers
+    for mask in dict.fromkeys(m for m in wanted if set(m) != current and len(m) < n):
+        layers += n - min(current ^ set(mask))
+        if len(out) == limit or layers > budget * n + 1e-9:
+            break
+        out.append(mask)
+    return out
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,17 @@ import plotly.graph_objects as go
 
 from ..errors import UserError
 from ..metrics import METRICS
-from .figures import LAYOUT, PALETTE, TRADEOFF_METRICS, interval_band, study_curves, tradeoff_curves
+from .figures import (
+    LAYOUT,
+    PALETTE,
+    SET_TRADEOFF_METRICS,
+    TRADEOFF_METRICS,
+    interval_band,
+    repair_curves,
+    set_curves,
+    study_curves,
+    tradeoff_curves,
+)
 
 
 def _calibration_repair(table: pd.DataFrame) -> go.Figure:
@@ -36,6 +46,24 @@ def _calibration_repair(table: pd.DataFrame) -> go.Figure:
     fig.update_layout(**LAYOUT, height=340, title="Calibration before and after temperature scaling",
                       xaxis_title="attention layers dropped", yaxis_title=ece.axis_title())
     return fig
+
+
+REPAIR_NOTE = ("<p>Each repair method is fitted on the mask's validation examples (never the test ones) and scored "
+               "on the test sample; shaded: 95% intervals. The table gives each method's ECE with its interval, its "
+               "paired change from the full model, and the verdict of the comparison with the unrepaired pruned "
+               "model (<code>python -m core repair</code> shows one mask in full).</p>")
+
+
+def _repairs(table: pd.DataFrame, title: str = "ECE after repair against layers dropped") -> list[str]:
+    """The repair figure and the per-mask repair table of a sweep table with repair columns (nothing without)."""
+    from .sweep import readable_repairs
+
+    readable = readable_repairs(table)
+    if readable is None:
+        return []
+    return [repair_curves(table, title=title).to_html(full_html=False, include_plotlyjs=False,
+                                                      config={"displaylogo": False}),
+            f'<div class="scroll">{readable.to_html(index=False, na_rep="", border=0)}</div>']
 
 
 def _directions(keys: list[str]) -> str:
@@ -129,16 +157,38 @@ def _page(title: str, body: str) -> str:
 """
 
 
+def _has_sets(table: pd.DataFrame) -> bool:
+    return any(m in table and table[m].notna().any() for m in SET_TRADEOFF_METRICS)
+
+
+def _sets_note(table: pd.DataFrame, alpha: float | None) -> str:
+    """What the prediction-set panels show, when the table has them."""
+    if not _has_sets(table):
+        return ""
+    calibrated = (f"calibrated for 1 - alpha = {1 - alpha:g} coverage" if alpha is not None else "calibrated")
+    return (f"<p>Prediction sets, {calibrated} on each mask's own validation examples: a worse model keeps its "
+            "coverage and pays with larger sets, and a threshold that jumps between two masks shows as a step in "
+            "the set size. AURC: the area under the risk-coverage curve (abstaining on the least confident "
+            "answers first). Shaded: 95% intervals, the threshold recalibrated in every resample.</p>")
+
+
 def render(table: pd.DataFrame, settings: dict, title: str = "Attention pruning sweep") -> str:
     figures = [tradeoff_curves(table), _calibration_repair(table)]
+    if _has_sets(table):
+        figures.append(set_curves(table, settings.get("alpha")))
     parts = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
              for i, fig in enumerate(figures)]
+    repairs = _repairs(table)
+    repaired = f"<h2>Repair after pruning</h2>\n{REPAIR_NOTE}\n" + "\n".join(repairs) if repairs else ""
     return _page(title, f"""<p>Each row drops one more attention layer, in the strategy's order. Accuracy and
 calibration on the test sample; comprehensiveness and sufficiency (ERASER AOPC; the random baseline dashed) on its first
 examples. {_directions([m for m in TRADEOFF_METRICS if m in table])}</p>
 {_intervals_note(table)}
 {parts[0]}
 {parts[1]}
+{_sets_note(table, settings.get("alpha"))}
+{"".join(parts[2:])}
+{repaired}
 <h2>Table</h2>
 <div class="scroll">{table.round(4).to_html(index=False, na_rep="", border=0)}</div>
 <h2>Metrics</h2>
@@ -153,16 +203,27 @@ def render_study(table: pd.DataFrame, run: dict, title: str = "Attention pruning
     figure = (study_curves(table, metrics).to_html(full_html=False, include_plotlyjs=True,
                                                     config={"displaylogo": False})
               if len(table) else "<p>No point of the grid finished.</p>")
+    set_metrics = [m for m in SET_TRADEOFF_METRICS if m in table and table[m].notna().any()]
+    if len(table) and set_metrics:
+        figure += _sets_note(table, run.get("settings", {}).get("alpha")) + study_curves(table, set_metrics).to_html(
+            full_html=False, include_plotlyjs=False, config={"displaylogo": False})
     failed = run.get("failed") or []
     failures = (f"<h2>Failed points ({len(failed)})</h2><ul>"
                 + "".join(f"<li>{html.escape(f)}</li>" for f in failed) + "</ul><p>Rerun the same command to retry "
                 "them; finished points come from the cache.</p>") if failed else ""
     counts = {k: run.get(k) for k in ("points", "computed", "cached", "seconds")}
+    repairs = []
+    if len(table):  # plotly.js came with the curves above
+        for (model, dataset, strategy), rows in table.groupby(["model", "dataset", "strategy"], sort=False):
+            first = rows[rows["explainer"] == rows["explainer"].iloc[0]]  # repairs do not depend on the explainer
+            repairs += _repairs(first, f"ECE after repair against layers dropped: {model} on {dataset}, {strategy}")
+    repaired = f"<h2>Repair after pruning</h2>\n{REPAIR_NOTE}\n" + "\n".join(repairs) if repairs else ""
     return _page(title, f"""<p>Each panel shows one metric (row) on one dataset (column) as attention layers are
 dropped in each strategy's order: one line per {', '.join(c for c in ('model', 'strategy', 'explainer')
 if c in table and table[c].astype(str).nunique() > 1) or 'model'}. {_directions(metrics)}</p>
 {_intervals_note(table)}
 {figure}
+{repaired}
 {failures}
 <h2>Table</h2>
 <div class="scroll">{table.round(4).to_html(index=False, na_rep="", border=0)}</div>

@@ -128,7 +128,10 @@ class _Judge:
         """
         key = tuple(sorted(drop))
         if key not in self._comp:
-            explainer = DatasetExplainer(self.setup, key, self.explain, "validation")
+            # every candidate mask explains the same perturbed inputs: the full model keeps their states at every
+            # layer, so a candidate starts at its lowest dropped layer (`core.model.states`)
+            after = [(layer,) for layer in range(self.setup.lm.num_layers)] if not key else []
+            explainer = DatasetExplainer(self.setup, key, self.explain, "validation", next_masks=after)
             examples = self.examples[: self.config.faith_n]
             attributions = [explainer.explain(ex)[0] for ex in examples]
             self._comp[key] = np.array([f.comprehensiveness for f in explainer.faithfulness(examples, attributions)])
@@ -168,6 +171,11 @@ class _Judge:
         return float(cost)
 
 
+def candidate_masks(n_layers: int, steps: int, candidates: int | None = None) -> int:
+    """How many masks `greedy_order` tries: at each of ``steps`` steps, every remaining layer (or ``candidates``)."""
+    return sum(min(n_layers - s, candidates or n_layers) for s in range(min(steps, n_layers)))
+
+
 def greedy_order(cost: Callable[[Sequence[int]], float], fallback: Sequence[int], steps: int,
                  candidates: int | None = None, progress: StageProgress | None = None,
                  beats: Callable[[Sequence[int], Sequence[int]], bool] | None = None) -> list[int]:
@@ -179,16 +187,18 @@ def greedy_order(cost: Callable[[Sequence[int]], float], fallback: Sequence[int]
     noise. The layers not picked follow in ``fallback`` order.
     """
     chosen: list[int] = []
-    total = sum(min(len(fallback) - s, candidates or len(fallback)) for s in range(steps))
+    total = candidate_masks(len(fallback), steps, candidates)
     done = 0
     for step in range(steps):
         remaining = [i for i in fallback if i not in chosen][: candidates or None]
         costs = []
         for layer in remaining:
+            if progress:
+                progress(f"choosing layer {step + 1} of {steps}: candidate mask {done + 1} of {total}", done, total)
             costs.append(cost([*chosen, layer]))
             done += 1
-            if progress:
-                progress(f"choosing layer {step + 1} of {steps}", done, total)
+        if progress:
+            progress(f"chose layer {step + 1} of {steps}: {done} of {total} candidate masks tried", done, total)
         best = remaining[int(np.argmin(costs))]
         if beats is not None and best != remaining[0] and not beats([*chosen, best], [*chosen, remaining[0]]):
             best = remaining[0]

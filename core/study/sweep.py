@@ -5,6 +5,10 @@ faithfulness of an explainer on the first ``faith_n`` of those examples, with th
 Every part comes from or goes to the result cache, so an interrupted sweep resumes where it stopped
 and a point computed once (in the app, the CLI or a sweep) is never computed again.
 
+With repair methods (`PointConfig.repair`), each point also carries, per method fitted on the mask's
+validation split (`core.study.repair`), its ECE, smooth ECE and accuracy with intervals and their
+changes from the full model, its verdict and the answers it changed (`repair_columns`).
+
 Each computed point is also recorded under its *context* (model, data, prompt, sample and explainer
 settings), so that the trade-off view can show every mask evaluated so far in that context.
 """
@@ -26,10 +30,15 @@ from ..metrics import FAITHFULNESS, METRICS
 from ..model.efficiency import compare_latency
 from ..model.pruning import parse_layer_list, validate_mask
 from ..progress import StageProgress
-from ..task.evaluation import EvalConfig, evaluate, is_cached
+from ..task.conformal import rank
+from ..task.evaluation import EvalConfig, EvalResult, evaluate, is_cached
+from ..task.recalibration import RECALIBRATION_VERSION, RECALIBRATORS
 from ..task.setup import Setup
 from ..task.uncertainty import Difference, Interval, mean_interval, paired_mean_difference, resample_counts
 from .compare import paired_stats
+from .repair import RepairComparison, repair_results
+from .sets import DEFAULT_ALPHA, DEFAULT_METHOD, check_settings, set_stats
+from .sets import KEYS as SET_KEYS
 
 INTERVALS = ("accuracy", "ece", "smooth_ece", "brier", "nll", "label_mass", "ece_temperature_scaled",
              "comprehensiveness", "sufficiency")
@@ -41,12 +50,48 @@ def interval_columns(key: str) -> list[str]:
     return [f"{key}_lo", f"{key}_hi", f"{key}_change", f"{key}_change_lo", f"{key}_change_hi", f"{key}_change_p"]
 
 
+SET_INTERVALS = ("coverage", "set_size", "singleton_share", "aurc", "accuracy_at_80")
+"""The prediction-set and abstention metrics whose sweep columns carry an interval and the paired change."""
+SET_COLUMNS = ["qhat", *SET_KEYS, *[c for k in SET_INTERVALS for c in interval_columns(k)]]
+"""Each point's prediction sets at the configured alpha and method (``qhat``: the pruned side's threshold; empty
+without validation examples, or too few for alpha) and its abstention metrics (`core.study.sets`)."""
+
 COLUMNS = ["dropped", "layers", "accuracy", "ece", "adaptive_ece", "smooth_ece", "mce", "brier", "nll", "label_mass",
            "temperature", "ece_temperature_scaled", "comprehensiveness", "sufficiency", "random_comprehensiveness",
            "random_sufficiency", "right_to_wrong", "wrong_to_right", "mcnemar_p", "ece_noise_q95",
-           *[c for k in INTERVALS for c in interval_columns(k)],
-           "seconds", "latency_ms", "latency_full_ms"]
-TIMINGS = ("seconds", "latency_ms", "latency_full_ms")
+           *[c for k in INTERVALS for c in interval_columns(k)], *SET_COLUMNS,
+           "seconds", "latency_ms", "latency_full_ms", "latency_ratio", "latency_ratio_lo", "latency_ratio_hi",
+           "flop_ratio"]
+REPAIRED = ("ece", "smooth_ece", "accuracy")
+"""The metrics a sweep with repair methods (``PointConfig.repair``) writes per method, each with the interval
+columns of `interval_columns`: the pruned model after the method, and its change from the full model."""
+REPAIR_NOTES = ("verdict", "changed")
+"""Per method, the comparison's verdict in words and how many predicted answers it changed."""
+
+
+def repaired_column(key: str, method: str) -> str:
+    """The column of metric ``key`` after repair ``method``: ``ece_repaired_temperature``."""
+    return f"{key}_repaired_{method}"
+
+
+def repair_columns(methods: Sequence[str]) -> list[str]:
+    """The columns a sweep with ``methods`` adds, per method: each metric of `REPAIRED` after it, with its interval
+    columns, then `REPAIR_NOTES` (``verdict_repaired_<method>``, ``changed_repaired_<method>``)."""
+    out: list[str] = []
+    for m in methods:
+        for key in REPAIRED:
+            out += [repaired_column(key, m), *interval_columns(repaired_column(key, m))]
+        out += [repaired_column(x, m) for x in REPAIR_NOTES]
+    return out
+
+
+def repaired_methods(table: pd.DataFrame) -> list[str]:
+    """The repair methods a sweep table has columns for, in menu order."""
+    return [m for m in RECALIBRATORS if repaired_column("ece", m) in table]
+
+
+TIMINGS = ("seconds", "latency_ms", "latency_full_ms", "latency_ratio", "latency_ratio_lo", "latency_ratio_hi",
+           "flop_ratio")
 """Measured afresh on each run, never stored with a point."""
 
 
@@ -56,6 +101,12 @@ class PointConfig:
     explain: ExplainConfig | None = None
     """None: accuracy and calibration only."""
     faith_n: int = 20
+    alpha: float = DEFAULT_ALPHA
+    """The prediction sets' miscoverage."""
+    method: str = DEFAULT_METHOD
+    """The prediction sets' conformal score (`core.task.conformal.METHODS`)."""
+    repair: tuple[str, ...] = ()
+    """Recalibration methods to fit on each mask's validation split (`repair_columns`); none by default."""
 
 
 def mask_label(drop: Sequence[int]) -> str:
@@ -82,17 +133,21 @@ def _context_key(setup: Setup, config: PointConfig) -> str:
                    "k": list(config.explain.k_percents), "n": config.faith_n}
     return cache_key("points", model=setup.lm.id, data=setup.ds.fingerprint, split=e.split, n=e.n, seed=e.seed,
                      balanced=e.balanced, prompt=asdict(setup.prompt), bins=e.n_bins, val_n=e.val_n,
-                     explain=explain,
-                     # only when set, so that the points recorded before the option existed stay found
-                     **({"refit_head": True} if setup.refit_head else {}))
+                     explain=explain, sets={"alpha": repr(float(config.alpha)), "method": config.method},
+                     # only when set, so that the points recorded before the options existed stay found
+                     **({"refit_head": True} if setup.refit_head else {}),
+                     **({"repair": list(config.repair), "repair_version": RECALIBRATION_VERSION}
+                        if config.repair else {}))
 
 
 def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
-                   progress: StageProgress | None = None) -> dict:
+                   progress: StageProgress | None = None, next_masks: Sequence[Sequence[int]] = ()) -> dict:
     """One row of `COLUMNS` for mask ``drop``; recorded among the context's points when the setup has a cache.
 
     Intervals and changes are paired against the full model on the same examples (`paired_stats`), so
-    the full model is evaluated too (from the cache after the first time).
+    the full model is evaluated too (from the cache after the first time). ``next_masks``: the masks the
+    caller evaluates next (a sweep's later steps), whose explanations then start from the hidden states
+    this one keeps where they first differ (`core.model.states`; scoring keeps every layer anyway).
     """
     start = time.perf_counter()
     drop = validate_mask(drop, setup.lm.num_layers)
@@ -115,12 +170,17 @@ def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
         if key == "ece_temperature_scaled":
             side, diff = stats.scaled_other.get("ece"), stats.scaled_difference.get("ece")
         _put_intervals(row, key, side, diff)
+    row.update(_set_columns(full, result, config))
+    if config.repair:
+        _put_repairs(row, repair_results(full, result, setup, config.repair))
     fresh = not result.cached  # the mask's own scores were computed here: its time is a fair estimate
     if config.explain is not None:
-        faith = [dataset_faithfulness(DatasetExplainer(setup, mask, config.explain, e.split),
+        later = [tuple(m) for m in next_masks]
+        faith = [dataset_faithfulness(DatasetExplainer(setup, mask, config.explain, e.split, next_masks=after),
                                       result.examples[: config.faith_n],
                                       progress=(lambda d, t, s=stage: progress(s, d, t)) if progress else None)
-                 for mask, stage in ([((), "explaining the full model")] if drop else []) + [(drop, "explaining")]]
+                 for mask, stage, after in ([((), "explaining the full model", [drop, *later])] if drop else [])
+                 + [(drop, "explaining", later)]]
         fresh = fresh and not faith[-1].cached
         s = faith[-1].summary()
         row.update(comprehensiveness=s["comprehensiveness"], sufficiency=s["sufficiency"],
@@ -159,10 +219,67 @@ def readable(table: pd.DataFrame, keys: Sequence[str] = ("accuracy", "ece", "smo
     return out
 
 
+def _set_columns(full: EvalResult, result: EvalResult, config: PointConfig) -> dict:
+    """The `SET_COLUMNS` of a point: prediction sets where its validation examples allow ``config.alpha``,
+    abstention always, each with the paired change from the full model."""
+    check_settings(config.alpha, config.method)
+    n_cal = 0 if result.val_labels is None else len(result.val_labels)
+    if n_cal and rank(n_cal, config.alpha) > n_cal:  # too few for alpha: no sets, as without validation
+        full, result = _without_validation(full), _without_validation(result)
+    s = set_stats(full, result, config.alpha, config.method)
+    assert s.other is not None and s.difference is not None
+    row: dict = {k: s.other[k].value if k in s.other else None for k in SET_KEYS}
+    row["qhat"] = s.sets_other.qhat if s.sets_other is not None else None
+    for key in SET_INTERVALS:
+        _put_intervals(row, key, s.other.get(key), s.difference.get(key))
+    return row
+
+
+def _without_validation(result: EvalResult) -> EvalResult:
+    return replace(result, val_logits=None, val_labels=None, _memo={})
+
+
 def _put_intervals(row: dict, key: str, side: Interval | None, diff: Difference | None) -> None:
     values = [None] * 6 if side is None or diff is None else [side.lo, side.hi, diff.value, diff.lo, diff.hi,
                                                                 diff.p_value]
     row.update(zip(interval_columns(key), values, strict=True))
+
+
+def _put_repairs(row: dict, repairs: RepairComparison) -> None:
+    """Each method's `REPAIRED` metrics with intervals and changes from the full model, verdict and answers changed
+    (a method that could not be fitted leaves its metrics empty and says so in its verdict)."""
+    for r in repairs.rows[1:]:
+        for key in REPAIRED:
+            column = repaired_column(key, r.method)
+            row[column] = r.metrics[key].value if r.fitted else None
+            _put_intervals(row, column, r.metrics.get(key), r.vs_full.get(key))
+        row[repaired_column("verdict", r.method)] = r.verdict if r.fitted else f"{r.verdict}: {r.error}"
+        row[repaired_column("changed", r.method)] = r.changed if r.fitted else None
+
+
+def readable_repairs(table: pd.DataFrame) -> pd.DataFrame | None:
+    """One row per mask of a sweep table with repair columns: per method, its ECE after repair with the 95%
+    interval, its change from the full model with the paired interval, and its verdict (None without repairs)."""
+    methods = repaired_methods(table)
+    if not methods:
+        return None
+    out = table[[c for c in ("dropped", "layers", "ece") if c in table]].rename(columns={"ece": "ECE, unrepaired"})
+    if "ECE, unrepaired" in out:
+        out["ECE, unrepaired"] = [f"{v:.3f}" if pd.notna(v) else "" for v in out["ECE, unrepaired"]]
+    for m in methods:
+        key = repaired_column("ece", m)
+        lo, hi, ch, clo, chi, _ = interval_columns(key)
+        title = RECALIBRATORS[m].title
+        out[f"ECE after {title}"] = [
+            f"{r[key]:.3f} [{r[lo]:.3f}, {r[hi]:.3f}]; from full {r[ch]:+.3f} [{r[clo]:+.3f}, {r[chi]:+.3f}]"
+            if pd.notna(r[key]) else "" for _, r in table.iterrows()]
+        verdict = repaired_column("verdict", m)
+        changed = repaired_column("changed", m)
+        out[f"{title}: verdict"] = [
+            str(r[verdict]) + (f" ({int(r[changed])} answer{'s' if r[changed] != 1 else ''} changed)"
+                               if pd.notna(r.get(changed)) and r[changed] else "")
+            if pd.notna(r.get(verdict)) else "" for _, r in table.iterrows()]
+    return out
 
 
 _RECORDING = threading.Lock()
@@ -194,9 +311,11 @@ def _points(stored: dict) -> dict[str, dict]:
 
 
 def points(setup: Setup, config: PointConfig) -> pd.DataFrame:
-    """Every mask evaluated so far in this context, one row each (`COLUMNS` less the timings)."""
+    """Every mask evaluated so far in this context, one row each (`COLUMNS` less the timings, and the context's
+    `repair_columns`)."""
     stored = (setup.cache.load(_context_key(setup, config), _points) if setup.cache is not None else None) or {}
-    table = pd.DataFrame(list(stored.values()), columns=[c for c in COLUMNS if c not in TIMINGS])
+    table = pd.DataFrame(list(stored.values()),
+                         columns=[*(c for c in COLUMNS if c not in TIMINGS), *repair_columns(config.repair)])
     return table.sort_values(["dropped", "layers"]).reset_index(drop=True)
 
 
@@ -209,10 +328,12 @@ def sweep_steps(setup: Setup, order: Sequence[int], max_drop: int, config: Point
         def step(stage: str, done: float, total: int, k: int = k) -> None:
             if progress:  # in points: the finished ones plus the running one's share
                 progress(f"{k} of {max_drop} layers dropped: {stage}", k + done / max(total, 1), max_drop + 1)
-        row = evaluate_point(setup, order[:k], config, step)
+        row = evaluate_point(setup, order[:k], config, step, next_masks=[order[:j] for j in range(k + 1, max_drop + 1)])
         if latency:
-            full, pruned = compare_latency(setup.lm, order[:k], tokens=128, repeats=3)
-            row["latency_ms"], row["latency_full_ms"] = 1000 * pruned, 1000 * full
+            timing = compare_latency(setup.lm, order[:k], tokens=128)
+            row.update(latency_ms=1000 * timing.pruned_seconds, latency_full_ms=1000 * timing.full_seconds,
+                       latency_ratio=timing.ratio, latency_ratio_lo=timing.lo, latency_ratio_hi=timing.hi,
+                       flop_ratio=timing.flop_ratio)
         yield row
 
 
@@ -220,10 +341,13 @@ def sweep(setup: Setup, order: Sequence[int], max_drop: int, config: PointConfig
           progress: StageProgress | None = None, latency: bool = True) -> pd.DataFrame:
     """Drop the first 0, 1, ..., ``max_drop`` layers of ``order`` in turn: one row per step.
 
-    ``latency_ms`` is measured afresh (never cached): a forward pass over 128 tokens, median of 3,
-    timed in turns with the full model's (``latency_full_ms``) so that their ratio holds under load.
+    ``latency_ms`` is measured afresh (never cached): a forward pass over 128 tokens, median of 9, timed in
+    turns with the full model's (``latency_full_ms``) so that their ratio holds under load; ``latency_ratio``
+    is the median of the paired ratios with its 95% interval (``_lo``, ``_hi``), and ``flop_ratio`` the ratio
+    the FLOP count alone gives (`core.model.efficiency.compare_latency`).
     """
-    return pd.DataFrame(list(sweep_steps(setup, order, max_drop, config, progress, latency)), columns=COLUMNS)
+    return pd.DataFrame(list(sweep_steps(setup, order, max_drop, config, progress, latency)),
+                        columns=[*COLUMNS, *repair_columns(config.repair)])
 
 
 @dataclass(frozen=True)

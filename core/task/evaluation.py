@@ -81,6 +81,10 @@ class EvalResult:
     logits: np.ndarray
     label_mass: np.ndarray | None
     """Per example, the probability on the answer words before renormalising over them (None for a head)."""
+    val_logits: np.ndarray | None
+    """The validation examples' candidate logits under the same mask (None without validation examples): what
+    the temperature, the conformal threshold and the recalibration methods are fitted on, never the test ones."""
+    val_labels: np.ndarray | None
     seconds: float
     cached: bool
     warnings: list[str]
@@ -91,6 +95,11 @@ class EvalResult:
     @property
     def probs(self) -> np.ndarray:
         return cal.softmax(self.logits)
+
+    @property
+    def val_probs(self) -> np.ndarray | None:
+        """The validation examples' probabilities under the same mask (None without validation examples)."""
+        return cal.softmax(self.val_logits) if self.val_logits is not None else None
 
     @property
     def temperature_scaled_probs(self) -> np.ndarray | None:
@@ -267,11 +276,12 @@ def evaluate(setup: Setup, config: EvalConfig = EvalConfig(), progress: Progress
             f"{scores.truncated} input(s) longer than {builder.max_text_tokens} tokens were truncated to fit"
         )
     probs = cal.softmax(logits)
-    temperature, scaled = None, None
+    temperature, scaled, val_logits, val_labels = None, None, None, None
     if val_examples:
         val = score_cached(setup, drop, builder, "validation", val_examples, config.batch_size, val_progress)
         hit = hit and val.cached
-        temperature = cal.fit_temperature(val.logits, np.array([ex.label for ex in val_examples]))
+        val_logits, val_labels = val.logits, np.array([ex.label for ex in val_examples], dtype=int)
+        temperature = cal.fit_temperature(val_logits, val_labels)
         scaled = cal.report(cal.softmax(logits, temperature), labels, config.n_bins)
     if progress:
         progress(total, total)
@@ -294,6 +304,8 @@ def evaluate(setup: Setup, config: EvalConfig = EvalConfig(), progress: Progress
         examples=list(examples),
         logits=logits,
         label_mass=scores.label_mass,
+        val_logits=val_logits,
+        val_labels=val_labels,
         seconds=time.perf_counter() - start,
         cached=hit,
         warnings=warnings,

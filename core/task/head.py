@@ -23,7 +23,7 @@ explainers and the cache treat both kinds of model alike.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +37,7 @@ from ..errors import UserError
 from ..model.batching import batch_size_for, run_batched
 from ..model.loading import LoadedModel
 from ..model.pruning import dropped_attention, validate_mask
+from ..model.states import Resumer
 from ..progress import Progress
 from . import calibration as cal
 from .data import Dataset
@@ -187,8 +188,13 @@ class ClassifierInput:
 
 
 def pooled_features(lm: LoadedModel, prefix_ids: Sequence[int], inputs: Sequence[Sequence[int]],
-                    batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
-    """[n, d] mean-pooled last hidden states of ``prefix + input`` under the active mask."""
+                    batch_size: int = 32, progress: Progress | None = None,
+                    record: Iterable[int] | None = None) -> np.ndarray:
+    """[n, d] mean-pooled last hidden states of ``prefix + input`` under the active mask.
+
+    Each row starts from the deepest stored hidden state that fits the mask and keeps the states of the
+    layers in ``record`` (None: all) for later masks (`core.model.states`).
+    """
     model = lm.model
     device = next(model.parameters()).device
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
@@ -197,30 +203,37 @@ def pooled_features(lm: LoadedModel, prefix_ids: Sequence[int], inputs: Sequence
     out = np.zeros((len(rows_all), model.config.hidden_size), dtype=np.float64)
     done = 0
 
-    def step(rows: list[int]) -> None:
-        nonlocal done
-        width = max(len(rows_all[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-        mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-        for r, i in enumerate(rows):
+    def run(group: list[int]) -> None:
+        width = max(len(rows_all[i]) for i in group)
+        ids = torch.full((len(group), width), pad, dtype=torch.long, device=device)
+        mask = torch.zeros((len(group), width), dtype=torch.long, device=device)
+        for r, i in enumerate(group):
             ids[r, : len(rows_all[i])] = torch.tensor(rows_all[i], device=device)
             mask[r, : len(rows_all[i])] = 1
-        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        with resumer.running(group, width):
+            hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()
         m = mask.unsqueeze(-1).float()
-        out[rows] = ((hidden * m).sum(1) / m.sum(1)).cpu().numpy()
+        out[group] = ((hidden * m).sum(1) / m.sum(1)).cpu().numpy()
+
+    def step(rows: list[int]) -> None:
+        nonlocal done
+        for _, group in resumer.groups(rows):
+            run(group)
         done += len(rows)
         if progress is not None:
             progress(done, len(rows_all))
 
     with torch.inference_mode():
+        resumer = Resumer(lm, (), rows_all, record)
         run_batched(order, batch_size_for(lm, max((len(r) for r in rows_all), default=1), batch_size), step)
     return out
 
 
 def classifier_logits(lm: LoadedModel, builder: ClassifierInput, inputs: Sequence[Sequence[int]],
-                      batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
+                      batch_size: int = 32, progress: Progress | None = None,
+                      record: Iterable[int] | None = None) -> np.ndarray:
     """[n, n_classes] head logits for text-plus-suffix ids, under the active mask."""
-    return builder.head.logits(pooled_features(lm, builder.prefix_ids, inputs, batch_size, progress))
+    return builder.head.logits(pooled_features(lm, builder.prefix_ids, inputs, batch_size, progress, record))
 
 
 def train_head(lm: LoadedModel, dataset: Dataset, config: PromptConfig = DEFAULT_PROMPT, drop: Sequence[int] = (),

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +24,8 @@ import torch
 
 from ..model.batching import batch_size_for, run_batched
 from ..model.loading import LoadedModel
-from ..model.pruning import active_mask, dropped_attention, expand_cache, new_cache
+from ..model.pruning import MaskAwareCache, active_mask, dropped_attention, expand_cache, new_cache
+from ..model.states import Resumer
 from ..progress import Progress
 from .head import AnswerInput, ClassifierInput, classifier_logits
 from .prompts import PromptBuilder, candidate_mask
@@ -92,12 +93,28 @@ def candidate_logits(
     batch_size: int = 16,
     use_prefix_cache: bool = True,
     progress: Progress | None = None,
+    record: Iterable[int] | None = None,
 ) -> np.ndarray:
     """Candidate logits for token-id inputs (text + suffix ids, without the prefix), under the active mask.
 
-    For an encoder classifier these are its head's class logits.
+    For an encoder classifier these are its head's class logits. ``record``: the layers whose entering hidden
+    states are kept for later masks to start from (None: every layer; see `core.model.states`).
     """
-    return _candidate_scores(lm, builder, inputs, batch_size, use_prefix_cache, progress)[0]
+    return _candidate_scores(lm, builder, inputs, batch_size, use_prefix_cache, progress, record=record)[0]
+
+
+def _prefix_cache(lm: LoadedModel, prefix_ids: Sequence[int], limit: int) -> MaskAwareCache | None:
+    """The prompt prefix's KV cache under the active mask, its pass resumed from a stored state at or below
+    ``limit`` (the lowest layer any input starts at); None when no attention layer runs from its start on."""
+    model, device = lm.model, next(lm.model.parameters()).device
+    resumer = Resumer(lm, (), [prefix_ids], limit=limit)
+    cache = new_cache(model, resumer.lowest())
+    if not cache.kept:
+        return None
+    with resumer.running([0], len(prefix_ids)):
+        model.base_model(input_ids=torch.tensor([list(prefix_ids)], device=device), past_key_values=cache,
+                         use_cache=True)
+    return cache
 
 
 def _candidate_scores(
@@ -109,18 +126,21 @@ def _candidate_scores(
     progress: Progress | None = None,
     with_normaliser: bool = False,
     partial: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    record: Iterable[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """`candidate_logits`, and with ``with_normaliser`` each input's full-vocabulary `log_normaliser`.
 
     ``partial`` is called after each finished chunk with the indices scored so far and their logits.
+    Each input starts from the deepest stored hidden state that fits the active mask, and the states of
+    the layers in ``record`` (None: all) are stored as it runs (`core.model.states`).
     """
     if isinstance(builder, ClassifierInput):
-        return classifier_logits(lm, builder, inputs, batch_size, progress), None
+        return classifier_logits(lm, builder, inputs, batch_size, progress, record), None
     model, base = lm.model, lm.model.base_model
     device = next(model.parameters()).device
     head = AnswerHead(lm, builder.candidate_ids)
-    prefix = torch.tensor([builder.prefix_ids], device=device)
-    n_prefix = prefix.shape[1]
+    prefix_ids = list(builder.prefix_ids)
+    n_prefix = len(prefix_ids)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     longest = n_prefix + max((len(x) for x in inputs), default=0)
     size = batch_size_for(lm, longest, batch_size)
@@ -133,42 +153,43 @@ def _candidate_scores(
     normaliser = np.zeros(len(inputs), dtype=np.float64) if with_normaliser else None
     all_dropped = len(active_mask(model)) == lm.num_layers
     cache_ok = use_prefix_cache and lm.spec.prefix_cache and not all_dropped and n_prefix > 0
+    # what each forward pass runs per input: the input behind the cached prefix, or prefix and input together
+    rows = [list(x) for x in inputs] if cache_ok else [prefix_ids + list(x) for x in inputs]
     with torch.inference_mode():
-        prefix_cache = None
-        if cache_ok:
-            prefix_cache = new_cache(model)
-            base(input_ids=prefix, past_key_values=prefix_cache, use_cache=True)
+        resumer = Resumer(lm, prefix_ids if cache_ok else (), rows, record)
+        prefix_cache = _prefix_cache(lm, prefix_ids, resumer.lowest()) if cache_ok else None
         done = 0
 
-        def step(rows: list[int]) -> None:
-            nonlocal done
-            lengths = [len(inputs[i]) for i in rows]
+        def run(group: list[int]) -> None:
+            lengths = [len(rows[i]) for i in group]
             width = max(lengths)
-            ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-            mask = torch.zeros((len(rows), n_prefix + width), dtype=torch.long, device=device)
-            mask[:, :n_prefix] = 1
-            for r, i in enumerate(rows):
-                ids[r, : lengths[r]] = torch.tensor(inputs[i], device=device)
-                mask[r, n_prefix : n_prefix + lengths[r]] = 1
-            if prefix_cache is not None:
-                positions = torch.arange(n_prefix, n_prefix + width, device=device).expand(len(rows), -1)
-                hidden = base(
-                    input_ids=ids, attention_mask=mask, position_ids=positions,
-                    past_key_values=expand_cache(model, prefix_cache, len(rows)), use_cache=True,
-                ).last_hidden_state
-                last = torch.tensor(lengths, device=device) - 1
-            else:
-                full = torch.cat([prefix.expand(len(rows), -1), ids], dim=1)
-                positions = torch.arange(n_prefix + width, device=device).expand(len(rows), -1)
-                hidden = base(input_ids=full, attention_mask=mask, position_ids=positions,
-                              use_cache=False).last_hidden_state
-                last = torch.tensor(lengths, device=device) - 1 + n_prefix
-            h = hidden[torch.arange(len(rows), device=device), last]
-            result[rows] = head(h).float().cpu().numpy()
+            ids = torch.full((len(group), width), pad, dtype=torch.long, device=device)
+            offset = n_prefix if cache_ok else 0  # the position of each row's first token
+            mask = torch.zeros((len(group), offset + width), dtype=torch.long, device=device)
+            mask[:, :offset] = 1
+            for r, i in enumerate(group):
+                ids[r, : lengths[r]] = torch.tensor(rows[i], device=device)
+                mask[r, offset : offset + lengths[r]] = 1
+            positions = torch.arange(offset, offset + width, device=device).expand(len(group), -1)
+            with resumer.running(group, width):
+                if prefix_cache is not None:
+                    past = expand_cache(model, prefix_cache, len(group))
+                    hidden = base(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                                  use_cache=True).last_hidden_state
+                else:  # no cache, or no attention layer runs where the rows start: nothing to read from one
+                    hidden = base(input_ids=ids, attention_mask=mask[:, offset:], position_ids=positions,
+                                  use_cache=False).last_hidden_state
+            h = hidden[torch.arange(len(group), device=device), torch.tensor(lengths, device=device) - 1]
+            result[group] = head(h).float().cpu().numpy()
             if normaliser is not None:
-                normaliser[rows] = log_normaliser(lm, h).cpu().numpy()
+                normaliser[group] = log_normaliser(lm, h).cpu().numpy()
+
+        def step(batch: list[int]) -> None:
+            nonlocal done
+            for _, group in resumer.groups(batch):
+                run(group)
             before = done
-            done += len(rows)
+            done += len(batch)
             if progress is not None:
                 progress(done, len(inputs))
             if partial is not None and any(before < r <= done for r in report_at):

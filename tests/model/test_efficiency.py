@@ -52,9 +52,11 @@ def test_full_and_pruned_latency_are_timed_in_turns(monkeypatch) -> None:
         return real(lm_, ids, drop)
 
     monkeypatch.setattr(eff, "_forward_seconds", recorded)
-    full, pruned = compare_latency(lm, (1, 0), tokens=16, repeats=3)
-    assert full > 0 and pruned > 0
-    assert calls == [(), (), (0, 1), (), (0, 1), (), (0, 1)]  # a warm-up, then full and pruned alternate
+    timing = compare_latency(lm, (1, 0), tokens=16, repeats=3)
+    assert timing.full_seconds > 0 and timing.pruned_seconds > 0 and timing.pairs == 3 and timing.tokens == 16
+    assert calls == [(), (0, 1)] * 4  # a warm-up pair, then full and pruned alternate
+    assert timing.lo <= timing.ratio <= timing.hi
+    assert timing.flop_ratio == pytest.approx(eff.forward_flops(lm, (0, 1), 16) / eff.forward_flops(lm, (), 16))
     with pytest.raises(UserError, match="out of range"):
         compare_latency(lm, (9,))
 
@@ -73,6 +75,32 @@ def test_a_latency_measurement_gives_way_when_asked() -> None:
 
     with pytest.raises(Cancelled, match="another computation started"):
         compare_latency(lm, (1,), tokens=16, repeats=3, stop=stop_after_three)
-    assert len(asked) == 4  # asked before every pass: the warm-up, then full and pruned in turns
-    full, pruned = compare_latency(lm, (1,), tokens=16, repeats=3, stop=lambda: False)
-    assert full > 0 and pruned > 0
+    assert len(asked) == 4  # asked before every pass: the warm-up pair, then full and pruned in turns
+    timing = compare_latency(lm, (1,), tokens=16, repeats=3, stop=lambda: False)
+    assert timing.full_seconds > 0 and timing.pruned_seconds > 0
+
+
+def test_the_median_ratio_gets_an_order_statistic_interval_and_a_verdict(monkeypatch) -> None:
+    # 9 pairs: the interval is the 2nd to the 8th smallest ratio, covering 1 - 2 P(Bin(9, 1/2) <= 1) = 0.961
+    lo, hi, coverage = eff.median_interval([0.9, 0.95, 0.7, 1.3, 0.99, 1.01, 0.8, 0.85, 1.1])
+    assert (lo, hi) == (0.8, 1.1) and coverage == pytest.approx(1 - 2 * 10 / 512)
+    assert eff.median_interval([3.0, 1.0, 2.0])[:2] == (1.0, 3.0)  # fewer than 6: the extremes, with their coverage
+    assert eff.median_interval([3.0, 1.0, 2.0])[2] == pytest.approx(0.75)
+    with pytest.raises(UserError, match="at least one value"):
+        eff.median_interval([])
+    lm = tiny_loaded("llama")
+    times = iter([1.0, 1.0] + [1.0, 0.8] * 9)  # the warm-up pair, then the pruned pass always 0.8 of the full one
+    monkeypatch.setattr(eff, "_forward_seconds", lambda *_: next(times))
+    timing = compare_latency(lm, (1,), tokens=16)
+    assert timing.ratio == pytest.approx(0.8) and timing.hi < 1 and timing.verdict() == "faster, beyond noise"
+    times = iter([1.0, 1.0] + [1.0, 0.9, 1.0, 1.1] * 4 + [1.0, 1.0])
+    assert compare_latency(lm, (1,), tokens=16).verdict() == "within noise"
+
+
+def test_forward_flops_by_hand_on_a_tiny_llama() -> None:
+    lm = tiny_loaded("llama")  # hidden 32, 4 heads of 8, 2 KV heads, intermediate 48, 4 layers, vocab 320
+    body = sum(p.numel() for p in lm.model.base_model.parameters()) - 320 * 32
+    attention = 32 * 32 + 2 * (32 * 16) + 32 * 32  # q, k, v (2 KV heads of 8), o
+    scores = 4 * 4 * 8 * sum(range(1, 11))  # 10 tokens, causal: token t attends to t tokens
+    assert eff.forward_flops(lm, (), 10) == 2 * body * 10 + 4 * scores
+    assert eff.forward_flops(lm, (1, 3), 10) == 2 * (body - 2 * attention) * 10 + 2 * scores

@@ -84,3 +84,16 @@ def test_a_preset_that_is_not_installed_names_its_install_command(tmp_path, monk
     files.pop("pkg1/part1")
     with pytest.raises(UserError, match="not fully installed .*pkg1/part1"):
         models.join_parts(partial, tmp_path / "x.gguf")
+
+
+def test_cpu_bf16_is_read_from_the_cpus_flags() -> None:
+    from core.model.loading import cpu_bf16
+
+    assert cpu_bf16("processor : 0\nflags : fpu sse avx512f avx512_bf16 amx_tile\n")[0]
+    yes, why = cpu_bf16("flags\t\t: fpu avx2 amx_bf16\nflags : fpu avx2 amx_bf16\n")
+    assert yes and "AMX-BF16" in why
+    assert cpu_bf16("Features\t: fp asimd bf16 i8mm\n")[0]  # Arm
+    no, why = cpu_bf16("flags : fpu sse avx2 avx512f\n")
+    assert not no and "no bf16 matrix instructions" in why and "emulated" in why
+    assert cpu_bf16("model name : avx512_bf16 in a name is not a flag\n")[0] is False
+    assert isinstance(cpu_bf16()[0], bool)  # this machine's own answer

@@ -8,14 +8,19 @@ import pandas as pd
 from core.explain.faithfulness import Faithfulness
 from core.study.figures import (
     confidence_histogram,
+    coverage_alpha_curves,
     faithfulness_curves,
     importance_bars,
     pareto_front,
     pareto_scatter,
     reliability_diagram,
+    risk_coverage_curves,
+    set_curves,
+    set_size_histogram,
     token_heatmap,
     tradeoff_curves,
 )
+from core.study.sets import CoverageCurve, RiskBand
 from core.task import calibration as cal
 
 
@@ -75,3 +80,23 @@ def test_intervals_become_bands_and_error_bars() -> None:
     scatter = pareto_scatter(points).data[0]
     assert list(scatter.error_x.array) == [0.05, 0.06] or np.allclose(scatter.error_x.array, [0.05, 0.06])
     assert scatter.error_y is None or scatter.error_y.array is None
+
+
+def test_prediction_set_figures_carry_their_values() -> None:
+    sizes = set_size_histogram({"full": np.array([1, 1, 2, 0]), "pruned": np.array([2, 2, 2, 1])}, answers=2)
+    assert [list(t.y) for t in sizes.data] == [[0.25, 0.5, 0.25], [0, 0.25, 0.75]]
+    assert sizes.data[1].name == "pruned (mean 1.75)" and list(sizes.data[0].x) == [0, 1, 2]
+    curve = CoverageCurve((0.1, 0.2), (0.91, 0.83), (1.4, 1.1), (0.82, 0.72), (0.96, 0.88), 200, 100, "lac")
+    cov = coverage_alpha_curves({"full": curve}, alpha=0.1)
+    band, line, full = cov.data
+    assert list(band.y) == [0.96, 0.88, 0.72, 0.82] and band.fill == "toself" and "100 calibration" in band.name
+    assert list(line.y) == [0.9, 0.8] and list(full.y) == [0.91, 0.83] and list(full.customdata) == [1.4, 1.1]
+    risk = risk_coverage_curves({"full": RiskBand((0.5, 1.0), (0.05, 0.12), (0.01, 0.08), (0.1, 0.17), 200, 1000)})
+    assert list(risk.data[0].y) == [0.1, 0.17, 0.08, 0.01] and list(risk.data[1].y) == [0.05, 0.12]
+    table = pd.DataFrame({"dropped": [0, 1], "coverage": [0.9, 0.92], "coverage_lo": [0.85, 0.86],
+                          "coverage_hi": [0.95, 0.96], "set_size": [1.1, 1.4], "aurc": [None, None]})
+    fig = set_curves(table, alpha=0.1)
+    assert [t.name for t in fig.data if t.fill != "toself"] == ["set coverage", "mean set size"]
+    assert [a.text for a in fig.layout.annotations][:2] == ["set coverage (higher is better)",
+                                                           "mean set size (lower is better)"]
+    assert fig.layout.shapes[0].y0 == 0.9 and "1 - alpha = 0.9" in [a.text for a in fig.layout.annotations]

@@ -59,6 +59,8 @@ def _values(table: pd.DataFrame) -> pd.DataFrame:
     ({"max_drop": 5}, "max_drop 5 is more than the 4 attention layers"),
     ({"strategies": ("similarity", "similarity")}, "named twice"),
     ({"device": "tpu"}, "unknown device 'tpu'"),
+    ({"alpha": 1.5}, "alpha must be strictly between 0 and 1"),
+    ({"method": "lacs"}, "unknown conformal method 'lacs'"),
 ])
 def test_a_bad_grid_is_refused_before_any_model_loads(grid_inputs, monkeypatch, change, message) -> None:
     import core.model.loading as loading
@@ -66,6 +68,18 @@ def test_a_bad_grid_is_refused_before_any_model_loads(grid_inputs, monkeypatch, 
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(UserError, match=message):
         run_study(_spec(grid_inputs, **change), engine="local")
+
+
+def test_a_points_key_holds_the_prediction_sets_settings(grid_inputs) -> None:
+    from dataclasses import replace
+
+    checked = plan(_spec(grid_inputs))
+    point = checked.points[1]
+    keys = {plan(replace(checked.spec, **change)).point_key(point) for change in
+            ({}, {"alpha": 0.2}, {"method": "aps"})}
+    assert len(keys) == 3 and checked.point_key(point) in keys
+    config = plan(replace(checked.spec, alpha=0.2, method="raps")).point_config(None)
+    assert (config.alpha, config.method) == (0.2, "raps")
 
 
 def test_an_unknown_engine_is_refused(grid_inputs) -> None:
@@ -83,8 +97,8 @@ def test_the_local_grid_writes_every_point_once_and_resumes_after_an_interruptio
     evaluated: list[tuple] = []
     loads: list[str] = []
     real_point, real_load = sweep.evaluate_point, loading.load_model
-    monkeypatch.setattr(sweep, "evaluate_point",
-                        lambda setup, drop, config: evaluated.append(tuple(drop)) or real_point(setup, drop, config))
+    monkeypatch.setattr(sweep, "evaluate_point", lambda setup, drop, config, **kw: evaluated.append(tuple(drop))
+                        or real_point(setup, drop, config, **kw))
     monkeypatch.setattr(loading, "load_model", lambda name, *a, **k: loads.append(name) or real_load(name, *a, **k))
 
     def stop_after_four(point, engine) -> None:
@@ -123,7 +137,42 @@ def test_the_local_grid_writes_every_point_once_and_resumes_after_an_interruptio
     assert len(pd.read_csv(out / "results.csv")) == 12
     page = (out / "report.html").read_text()
     assert "<script src=" not in page.replace('<script src="data:', "") and len(page) > 1_000_000  # offline
-    assert page.count("Plotly.newPlot") == 1 and "reviews.csv" in page and "last-to-first" in page
+    # the trade-off curves and the prediction-set and abstention curves
+    assert page.count("Plotly.newPlot") == 2 and "reviews.csv" in page and "last-to-first" in page
+
+
+def test_the_progress_counts_a_greedy_orders_candidate_masks_as_they_are_tried(grid_inputs, tmp_path) -> None:
+    from core.study.strategies import candidate_masks
+
+    spec = _spec(grid_inputs, models=(grid_inputs["llama"],), strategies=("greedy-divergence",), max_drop=2)
+    seen: list[tuple[int, int]] = []
+    result = run_study(spec, cache=ResultCache(tmp_path), progress=lambda done, total: seen.append((done, total)))
+    searched = candidate_masks(4, 2)  # 4 layers, 2 greedy steps: 4 + 3 candidate masks
+    assert searched == 7 and result.computed == 3
+    assert {total for _, total in seen} == {3 + searched}
+    dones = [done for done, _ in seen]
+    assert dones == sorted(dones) and dones[-1] == 3 + searched
+    assert set(range(1, searched + 1)) <= set(dones)  # the count moves during the search, one mask at a time
+    again: list[tuple[int, int]] = []
+    run_study(spec, cache=ResultCache(tmp_path), progress=lambda done, total: again.append((done, total)))
+    assert again == [(3, 3)]  # cached points, and the order is cached too: no search to count
+
+
+def test_later_points_of_a_cell_resume_their_explanations_from_states_the_earlier_ones_kept(
+        grid_inputs, tmp_path) -> None:
+    from core.model.states import STATES
+
+    spec = _spec(grid_inputs, models=(grid_inputs["llama"],), strategies=("last-to-first",), max_drop=2,
+                 faith_n=2, explainers=("occlusion",))
+    STATES.hits = 0
+    table = run_study(spec, cache=ResultCache(tmp_path / "on")).table
+    assert STATES.hits > 0
+    STATES.enabled = False
+    try:
+        reference = run_study(spec, cache=ResultCache(tmp_path / "off")).table
+    finally:
+        STATES.enabled = True
+    pd.testing.assert_frame_equal(_values(table), _values(reference), check_exact=False, rtol=1e-4, atol=1e-6)
 
 
 def test_faithfulness_points_carry_one_row_per_explainer(grid_inputs, tmp_path) -> None:

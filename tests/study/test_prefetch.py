@@ -43,6 +43,15 @@ def test_likely_next_masks_are_drop_k_then_each_remaining_layer_in_importance_or
     assert likely_next([1, 0], (1,), None) == []  # dropping every layer is not a likely next step
 
 
+def test_likely_next_takes_as_many_masks_as_its_budget_of_forward_passes_pays_for() -> None:
+    order = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]  # 10 layers: adding layer L costs (10 - L) / 10 of a pass
+    assert likely_next(order, (), None, budget=0.3) == [(9,), (8,)]  # 0.1 + 0.2; layer 7 would make 0.6
+    assert likely_next(order, (), None, budget=1.5) == [(9,), (8,), (7,), (6,), (5,)]  # 0.1 + ... + 0.5
+    assert likely_next(order, (), None, budget=100, limit=3) == [(9,), (8,), (7,)]
+    # from the current mask (9), "drop the 3 most redundant" first differs at layer 7: 0.3 of a pass
+    assert likely_next(order, (9,), 3, budget=0.5) == [(7, 8, 9), (8, 9)]
+
+
 def test_wanted_masks_are_evaluated_in_the_background_into_the_cache(tmp_path) -> None:
     setup, p = _setup(tmp_path), Prefetcher()
     masks = [(0,), (2, 3)]

@@ -43,6 +43,33 @@ def test_a_sweep_has_one_row_per_step_and_resumes_from_the_cache(tmp_path) -> No
     assert again[["accuracy", "comprehensiveness"]].equals(table[["accuracy", "comprehensiveness"]])
 
 
+def test_a_sweeps_explanations_start_from_the_states_the_step_before_kept(tmp_path) -> None:
+    import numpy as np
+
+    from core.model.states import STATES
+
+    setup = _setup(ResultCache(tmp_path / "on"))
+    calls: list[int] = []
+    layers = setup.lm.spec.layer_list(setup.lm.model)
+    # a layer's MLP runs whether its attention is dropped or not, unless the pass starts above the layer
+    hooks = [layers[i].mlp.register_forward_pre_hook(lambda *_, i=i: calls.append(i)) for i in range(4)]
+    try:
+        table = sweep(setup, [3, 2, 0, 1], 2, _config(), latency=False)
+        resumed = calls.count(0)
+        STATES.enabled = False
+        calls.clear()
+        reference = sweep(Setup(setup.lm, setup.ds, setup.prompt, cache=ResultCache(tmp_path / "off")),
+                          [3, 2, 0, 1], 2, _config(), latency=False)
+    finally:
+        STATES.enabled = True
+        for hook in hooks:
+            hook.remove()
+    # layer 0 runs for the full model's passes; the pruned masks' scoring and explanations start at layer 2 or 3
+    assert resumed < 0.5 * calls.count(0)
+    for key in ("accuracy", "ece", "comprehensiveness", "sufficiency", "random_comprehensiveness"):
+        np.testing.assert_allclose(table[key], reference[key], atol=1e-6, err_msg=key)
+
+
 def test_points_remember_every_mask_of_a_context(tmp_path) -> None:
     cache = ResultCache(tmp_path)
     setup = _setup(cache)
@@ -114,3 +141,37 @@ def test_each_row_carries_intervals_and_its_paired_change_from_the_full_model(tm
     page = render(table, {})
     assert "excludes 0" in page and "Accuracy changes beyond noise" in page and '"toself"' in page
     assert "rerun the sweep" in render(table[["dropped", "layers", "accuracy", "ece"]], {})
+
+
+def test_each_row_carries_prediction_sets_and_abstention_with_their_change(tmp_path) -> None:
+    from dataclasses import replace
+
+    from core.study.compare import compare_results
+    from core.study.report import render
+    from core.study.sets import KEYS
+    from core.study.sweep import SET_COLUMNS, SET_INTERVALS, interval_columns
+
+    setup = _setup(ResultCache(tmp_path))
+    config = PointConfig(eval=EvalConfig(n=6, val_n=6), alpha=0.25, method="aps")  # 6 examples allow alpha >= 1/7
+    table = sweep(setup, [2, 0, 3, 1], 2, config, latency=False)
+    assert table[SET_COLUMNS].notna().all().all()
+    s = compare_results(setup, (0, 2), EvalConfig(n=6, val_n=6)).sets(0.25, "aps")
+    last = table.iloc[2]
+    for key in KEYS:
+        assert last[key] == s.other[key].value, key
+    assert last["qhat"] == s.sets_other.qhat
+    for key in SET_INTERVALS:
+        lo, hi, change, change_lo, change_hi, p = interval_columns(key)
+        assert (last[lo], last[hi]) == (s.other[key].lo, s.other[key].hi), key
+        d = s.difference[key]
+        assert (last[change], last[change_lo], last[change_hi], last[p]) == (d.value, d.lo, d.hi, d.p_value), key
+        assert tuple(table.iloc[0][[change, change_lo, change_hi, p]]) == (0, 0, 0, 1), key
+    # another alpha or method is another context; too few validation examples for alpha leave the sets empty
+    assert list(points(setup, replace(config, alpha=0.3))["layers"]) == []
+    assert list(points(setup, config)["layers"]) == ["none", "2", "0,2"]
+    small = sweep(setup, [2, 0, 3, 1], 1, replace(config, alpha=0.1), latency=False)
+    assert small[["coverage", "set_size", "qhat", "coverage_lo"]].isna().all().all()
+    assert small[["aurc", "accuracy_at_80", "aurc_change_p"]].notna().all().all()
+    page = render(table, {"alpha": 0.25})
+    assert "Prediction sets and abstention" in page and "1 - alpha = 0.75" in page
+    assert "Prediction sets and abstention" not in render(table.drop(columns=SET_COLUMNS), {})
