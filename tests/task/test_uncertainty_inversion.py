@@ -86,7 +86,8 @@ def test_simulated_values_are_the_metric_of_each_simulated_label_set(key: str) -
     for lam in (0.0, 1.0, 2.5):
         correct = path.uniforms < path.curve(lam)
         expected = [getattr(cal.report(probs, _labels_from_correct(probs, c)), key) for c in correct]
-        assert path.values(lam) == pytest.approx(expected, abs=1e-6 if key == "smooth_ece" else 1e-12), lam
+        # smooth ECE's simulations take the coarse fixed point: within 0.0025 of relplot's value (its own 1/1024 step)
+        assert path.values(lam) == pytest.approx(expected, abs=2.5e-3 if key == "smooth_ece" else 1e-12), lam
 
 
 def test_the_simulations_at_zero_are_the_noise_floor_and_set_the_lower_end() -> None:

@@ -30,15 +30,15 @@ from .intervals import (
     wilson,
 )
 from .inversion import CALIBRATION_ERRORS
-from .methods import calibration_intervals, paired_differences
+from .methods import Side, calibration_intervals, differences, paired_differences, side
 from .noise import NOISE_FLOOR_KEYS, NoiseFloor, banded_reliability_table, noise_floor, reliability_bands
 from .resampling import KEYS, N_RESAMPLES, calibration_draws, mean_interval, paired_mean_difference, resample_counts
 from .smooth import smooth_ece
 
 __all__ = [
     "CALIBRATION_ERRORS", "KEYS", "LEVEL", "N_RESAMPLES", "NOISE_FLOOR_KEYS", "Difference", "Interval", "McNemar",
-    "NoiseFloor", "banded_reliability_table", "bootstrap_difference", "calibration_draws", "calibration_intervals",
-    "examples_needed", "mcnemar",
+    "NoiseFloor", "Side", "banded_reliability_table", "bootstrap_difference", "calibration_draws",
+    "calibration_intervals", "differences", "examples_needed", "mcnemar",
     "mean_interval", "noise_floor", "paired_differences", "paired_mean_difference", "reliability_bands",
-    "resample_counts", "smooth_ece", "wilson",
+    "resample_counts", "side", "smooth_ece", "wilson",
 ]

@@ -31,6 +31,13 @@ from ...errors import UserError
 LEVEL = 0.95
 
 
+def _plain_floats(result: object) -> None:
+    """Store every field as a Python float: numpy scalars would leak numpy booleans (``beyond_noise``)
+    into JSON, which cannot write them."""
+    for name, value in vars(result).items():
+        object.__setattr__(result, name, float(value))
+
+
 @dataclass(frozen=True)
 class Interval:
     """A value with its 95% interval."""
@@ -38,6 +45,9 @@ class Interval:
     value: float
     lo: float
     hi: float
+
+    def __post_init__(self) -> None:
+        _plain_floats(self)
 
     def as_dict(self) -> dict:
         return {"value": self.value, "ci": [self.lo, self.hi]}
@@ -51,6 +61,9 @@ class Difference:
     lo: float
     hi: float
     p_value: float
+
+    def __post_init__(self) -> None:
+        _plain_floats(self)
 
     @property
     def beyond_noise(self) -> bool:

@@ -22,6 +22,9 @@ reported values stay the plug-in metrics of `core.task.calibration`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
 from ...errors import UserError
@@ -45,23 +48,63 @@ BCA = ("brier", "nll")
 """The metrics whose intervals, and those of their differences, are BCa bootstraps."""
 
 
-def _evaluation(probs: np.ndarray, labels: np.ndarray, n_bins: int, counts: np.ndarray, n_sims: int, seed: int
-                ) -> tuple[dict, dict, dict, dict[str, _Path], dict[str, Interval]]:
-    """One side's values, bootstrap draws, jackknife means, calibration-error paths and intervals (`KEYS` order)."""
-    values = cal.report(probs, labels, n_bins).as_dict()
-    draws = calibration_draws(probs, labels, counts, n_bins, keys=BOOTSTRAPPED)
-    jackknife = {k: jackknife_means(v) for k, v in per_example(probs, labels, BCA).items()}
-    paths = {k: path(k, probs, labels, n_bins, n_sims, seed, values[k]) for k in CALIBRATION_ERRORS}
+@dataclass(frozen=True)
+class Side:
+    """One evaluation's metrics (a subset ``keys`` of `KEYS`) with what their intervals and paired differences
+    are built from: bootstrap draws, jackknife means, calibration-error paths, and the intervals themselves."""
+
+    probs: np.ndarray
+    values: dict[str, float]
+    draws: dict[str, np.ndarray]
+    jackknife: dict[str, np.ndarray]
+    paths: dict[str, _Path]
+    intervals: dict[str, Interval]
+
+
+def side(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, n_bins: int = cal.DEFAULT_BINS,
+         n_sims: int = N_RESAMPLES, seed: int = 0, keys: Sequence[str] = KEYS) -> Side:
+    """One evaluation's `Side` on the resamples ``counts`` and ``n_sims`` seeded simulations of correctness.
+
+    Every side compared with another must share ``counts``, ``n_sims`` and ``seed``."""
+    unknown = set(keys) - set(KEYS)
+    if unknown:
+        raise UserError(f"unknown metric(s) {sorted(unknown)}; known: {', '.join(KEYS)}")
+    everything = cal.report(probs, labels, n_bins).as_dict()
+    values = {k: float(everything[k]) for k in keys}
+    draws = calibration_draws(probs, labels, counts, n_bins, keys=[k for k in BOOTSTRAPPED if k in keys])
+    jackknife = {k: jackknife_means(v) for k, v in per_example(probs, labels, [k for k in BCA if k in keys]).items()}
+    paths = {k: path(k, probs, labels, n_bins, n_sims, seed, values[k]) for k in CALIBRATION_ERRORS if k in keys}
     right = int((probs.argmax(axis=1) == labels).sum())
     out = {}
-    for key in KEYS:
+    for key in keys:
         if key == "accuracy":
-            out[key] = Interval(float(values[key]), *wilson(right, len(labels)))
+            out[key] = Interval(values[key], *wilson(right, len(labels)))
         elif key in paths:
-            out[key] = Interval(float(values[key]), *side_interval(paths[key]))
+            out[key] = Interval(values[key], *side_interval(paths[key]))
         else:
-            out[key] = bca_interval(float(values[key]), draws[key], jackknife[key])
-    return values, draws, jackknife, paths, out
+            out[key] = bca_interval(values[key], draws[key], jackknife[key])
+    return Side(probs, values, draws, jackknife, paths, out)
+
+
+def differences(base: Side, other: Side, seed: int = 0) -> dict[str, Difference]:
+    """The paired difference (other - base) of every metric the two sides share, on the same examples (the
+    method of each metric as in the module notes); exactly 0, [0, 0], p = 1 when the probabilities are equal."""
+    keys = [k for k in base.values if k in other.values]
+    if np.array_equal(base.probs, other.probs):
+        return {k: Difference(0.0, 0.0, 0.0, 1.0) for k in keys}
+    rng = np.random.default_rng([seed, 1])
+    out = {}
+    for key in keys:
+        value = other.values[key] - base.values[key]
+        if key in BCA:
+            out[key] = bca_difference(value, other.draws[key] - base.draws[key],
+                                      other.jackknife[key] - base.jackknife[key])
+        elif key in BOOTSTRAPPED:
+            out[key] = bootstrap_difference(value, other.draws[key] - base.draws[key])
+        else:
+            out[key] = _Paired(base.paths[key], other.paths[key],
+                               couple(base.paths[key], other.paths[key], rng)).difference()
+    return out
 
 
 def calibration_intervals(probs: np.ndarray, labels: np.ndarray, n_bins: int = cal.DEFAULT_BINS,
@@ -73,8 +116,7 @@ def calibration_intervals(probs: np.ndarray, labels: np.ndarray, n_bins: int = c
     """
     probs, labels = _inputs(probs, labels)
     _check_bins(n_bins)
-    n = len(labels)
-    return _evaluation(probs, labels, n_bins, resample_counts(n, n_resamples, seed), n_resamples, seed)[4]
+    return side(probs, labels, resample_counts(len(labels), n_resamples, seed), n_bins, n_resamples, seed).intervals
 
 
 def paired_differences(probs_base: np.ndarray, probs_other: np.ndarray, labels: np.ndarray,
@@ -87,19 +129,6 @@ def paired_differences(probs_base: np.ndarray, probs_other: np.ndarray, labels: 
     if probs_base.shape != probs_other.shape:
         raise UserError(f"the two sides have different shapes ({probs_base.shape} vs {probs_other.shape})")
     _check_bins(n_bins)
-    n = len(labels)
-    counts = resample_counts(n, n_resamples, seed)
-    (va, da, ja, pa, ia), (vb, db, jb, pb, ib) = (_evaluation(p, labels, n_bins, counts, n_resamples, seed)
-                                                  for p in (probs_base, probs_other))
-    if np.array_equal(probs_base, probs_other):
-        return ia, ib, {k: Difference(0.0, 0.0, 0.0, 1.0) for k in KEYS}
-    rng = np.random.default_rng([seed, 1])
-    diff = {}
-    for key in KEYS:
-        if key in BCA:
-            diff[key] = bca_difference(vb[key] - va[key], db[key] - da[key], jb[key] - ja[key])
-        elif key in BOOTSTRAPPED:
-            diff[key] = bootstrap_difference(vb[key] - va[key], db[key] - da[key])
-        else:
-            diff[key] = _Paired(pa[key], pb[key], couple(pa[key], pb[key], rng)).difference()
-    return ia, ib, diff
+    counts = resample_counts(len(labels), n_resamples, seed)
+    a, b = (side(p, labels, counts, n_bins, n_resamples, seed) for p in (probs_base, probs_other))
+    return a.intervals, b.intervals, differences(a, b, seed)

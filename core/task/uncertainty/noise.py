@@ -17,7 +17,7 @@ import numpy as np
 from .. import calibration as cal
 from .common import _bin_sums, _check_bins, _check_sims, _inputs, _probs
 from .intervals import LEVEL
-from .smooth import _smooth_many
+from .smooth import _smooth_many, smooth_many_coarse
 
 NOISE_FLOOR_KEYS = ("ece", "adaptive_ece", "smooth_ece")
 
@@ -59,18 +59,20 @@ def noise_floor(probs: np.ndarray, labels: np.ndarray, n_bins: int = cal.DEFAULT
     report = cal.report(probs, labels, n_bins)
     out = {}
     for key in NOISE_FLOOR_KEYS:
-        d = _fixed(key, conf, residual, order, n_bins)
+        observed = float(getattr(report, key))
+        d = _fixed(key, conf, residual, order, n_bins, observed)  # the same simulations as test inversion's at 0
         out[key] = NoiseFloor(key, float(d.mean()), float(np.quantile(d, LEVEL)), float(getattr(report, key)))
     return out
 
 
 def _fixed(key: str, conf: np.ndarray, residual: np.ndarray, order: np.ndarray, n_bins: int,
-           centre: float | None = None) -> np.ndarray:
+           centre: float | None = None, exact: bool = False) -> np.ndarray:
     """Calibration error ``key`` of every row of per-example residuals (correct - confidence), the
     confidences fixed: simulated correctness, or its expectation under a calibration curve.
 
     ``order`` sorts the confidences (for adaptive ECE); ``centre`` is a guess of smooth ECE's
-    value (it only places the first bandwidths searched).
+    value (it only places the first bandwidths searched). Simulations get smooth ECE's coarse fixed point
+    (`core.task.uncertainty.smooth.smooth_many_coarse`); ``exact`` asks for relplot's value (a true value).
     """
     n = residual.shape[1]
     if key == "ece":
@@ -81,7 +83,7 @@ def _fixed(key: str, conf: np.ndarray, residual: np.ndarray, order: np.ndarray, 
     if key == "adaptive_ece":
         return _adaptive_fixed(residual, order, n_bins)
     if key == "smooth_ece":
-        return _smooth_many(conf, np.ones_like(residual), -residual, centre)
+        return (_smooth_many if exact else smooth_many_coarse)(conf, np.ones_like(residual), -residual, centre)
     raise ValueError(f"not a calibration error: {key!r}")
 
 

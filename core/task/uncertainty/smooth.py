@@ -77,8 +77,14 @@ def _coarse_spectrum(points: int, j: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _total(points: int) -> np.ndarray:
-    """The vector ``a`` with ``idct(X, type=1).sum() == X @ a``: a smoothed grid's total from its spectrum."""
-    out = idct(np.eye(points), type=1, axis=0).sum(axis=0)
+    """The vector ``a`` with ``idct(X, type=1).sum() == X @ a``: a smoothed grid's total from its spectrum.
+
+    ``a`` is the transpose of the inverse DCT-I applied to ones; the DCT-I matrix is ``C diag(c)`` with ``C``
+    symmetric and ``c`` 1 at the ends and 2 inside, so ``a = c * idct(1 / c)`` (equal to summing the
+    transform of the identity to 1e-16, without its points x points matrix: 134 MB and 0.7 s at 4,097)."""
+    c = np.full(points, 2.0)
+    c[[0, -1]] = 1.0
+    out = c * idct(1 / c, type=1)
     out.flags.writeable = False
     return out
 
@@ -230,6 +236,27 @@ _MARGIN = 0.25  # a predicted crossing this far (in 1/1024 steps) inside the ste
 _ROUNDS = 8
 
 
+def _coarse(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.ndarray, centre: float | None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """`_coarse_fixed_points` from the window around ``centre`` (by default the first row's coarse fixed point)."""
+    if centre is None:
+        middle = (len(_SIGMAS) - _WINDOW) // 2
+        centre = float(_coarse_fixed_points(conf, weights[:1], weighted_residual[:1], middle)[0][0])
+    first = int(np.clip(np.searchsorted(_SIGMAS, centre) - _WINDOW // 2, 0, len(_SIGMAS) - _WINDOW))
+    return _coarse_fixed_points(conf, weights, weighted_residual, first)
+
+
+def smooth_many_coarse(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.ndarray,
+                       centre: float | None = None) -> np.ndarray:
+    """`_smooth_many`'s coarse pass alone: each row's fixed point sigma = smECE(sigma) on the coarse grid.
+
+    Within about 0.002 of relplot's value (whose own bisection rounds to 1/1024), and a quarter of the cost:
+    what simulations of a distribution need (the noise floor, test inversion), where relplot's rounding
+    is noise well below the distribution's spread (its 2.5% and 97.5% quantiles move by at most 0.0005 at n
+    = 50 to 1,000)."""
+    return _coarse(conf, weights, weighted_residual, centre)[0]
+
+
 def _smooth_many(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.ndarray, centre: float | None = None
                  ) -> np.ndarray:
     """Smooth ECE of many weightings of one set of confidences at once (see the module notes).
@@ -247,11 +274,7 @@ def _smooth_many(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.nd
     ``_MARGIN`` of a step inside it (the prediction is then from an exact value less than a step
     away). Usually two exact evaluations per row.
     """
-    if centre is None:
-        middle = (len(_SIGMAS) - _WINDOW) // 2
-        centre = float(_coarse_fixed_points(conf, weights[:1], weighted_residual[:1], middle)[0][0])
-    first = int(np.clip(np.searchsorted(_SIGMAS, centre) - _WINDOW // 2, 0, len(_SIGMAS) - _WINDOW))
-    sigma, coarse_slope = _coarse_fixed_points(conf, weights, weighted_residual, first)
+    sigma, coarse_slope = _coarse(conf, weights, weighted_residual, centre)
     exact = _Relplot(conf, weights, weighted_residual)
     rows = len(sigma)
     lo = np.ones(rows, dtype=int)  # largest k known true (sigma = 1/1024 < 0.001 always is)
