@@ -25,6 +25,12 @@ T = TypeVar("T")
 
 WILSON = "Wilson score; paired difference: bootstrap over examples and exact McNemar"
 BOOTSTRAP = "percentile bootstrap over examples; paired for differences"
+BCA = ("BCa (bias-corrected and accelerated) bootstrap over examples; paired for differences (chosen by coverage: "
+       "docs/uncertainty.md)")
+INVERSION = ("for the true calibration error, by test inversion of correctness simulated along the sample's own "
+             "miscalibration (0 when consistent with perfect calibration), widened to contain the estimate, which "
+             "is biased upwards; paired difference: Berger & Boos's union over the base side's calibration error "
+             "(chosen by coverage: docs/uncertainty.md)")
 
 
 @dataclass(frozen=True)
@@ -87,24 +93,24 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("ece", "ECE", "lower", (0.0, 1.0),
            "Expected calibration error: the gap between confidence and accuracy in 15 equal-width confidence "
            "bins (by default), averaged with each bin weighted by its share of examples; 0 means the model is "
-           "exactly as sure as it is right.", BOOTSTRAP),
+           "exactly as sure as it is right.", INVERSION),
     Metric("adaptive_ece", "adaptive ECE", "lower", (0.0, 1.0),
            "ECE with equal-mass bins (each holds the same number of examples, 15 bins by default), so no bin "
-           "is nearly empty when the answers bunch up at high confidence.", BOOTSTRAP),
+           "is nearly empty when the answers bunch up at high confidence.", INVERSION),
     Metric("mce", "MCE", "lower", (0.0, 1.0),
            "Maximum calibration error: the largest gap between confidence and accuracy in any non-empty "
-           "equal-width bin (the worst bin, however few examples it holds).", BOOTSTRAP),
+           "equal-width bin (the worst bin, however few examples it holds).", INVERSION),
     Metric("smooth_ece", "smooth ECE", "lower", (0.0, 1.0),
            "Smooth ECE (Błasiok & Nakkiran 2023): the calibration gap measured without bins, by kernel smoothing "
            "with a bandwidth chosen from the data; it does not jump when one example crosses a bin edge.",
-           BOOTSTRAP),
+           INVERSION),
     Metric("brier", "Brier score", "lower", (0.0, 2.0),
            "The mean over examples of the sum over answers of (probability - 1 if correct else 0)^2: 0 is "
            "certain and right, 2 certain and wrong. This multi-class form is twice the binary Brier score "
-           "most papers report for two classes.", BOOTSTRAP),
+           "most papers report for two classes.", BCA),
     Metric("nll", "NLL", "lower", (0.0, math.inf),
            "Negative log-likelihood: the mean of -log(probability given to the correct answer); 0 is certain "
-           "and right, and it grows without bound when a confident answer is wrong.", BOOTSTRAP),
+           "and right, and it grows without bound when a confident answer is wrong.", BCA),
     Metric("label_mass", "probability on the answers", "higher", (0.0, 1.0),
            "How much probability the model puts on the candidate answer words before they are renormalised "
            "against each other (averaged over examples): a model drifting off the answer set shows it here, "
@@ -112,7 +118,7 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("ece_temperature_scaled", "ECE after temperature scaling", "lower", (0.0, 1.0),
            "ECE once the logits are divided by one temperature, fitted on validation examples for each mask "
            "to minimise NLL: the miscalibration that a single rescaling of confidence cannot repair.",
-           BOOTSTRAP),
+           INVERSION),
     Metric("comprehensiveness", "comprehensiveness", "higher", (-1.0, 1.0),
            "ERASER comprehensiveness (AOPC): how much the predicted answer's probability drops when the "
            "explanation's top k% of words are removed, averaged over k = 1, 5, 10, 20, 50% (by default); "

@@ -92,7 +92,7 @@ def test_directions_and_ranges() -> None:
     for k in FAITHFULNESS:
         assert METRICS[f"random_{k}"].better == METRICS[k].better and METRICS[k].range == (-1.0, 1.0)
     assert METRICS["nll"].range == (0.0, math.inf) and METRICS["accuracy"].range == (0.0, 1.0)
-    assert "Wilson" in METRICS["accuracy"].interval and "bootstrap" in METRICS["ece"].interval
+    assert "Wilson" in METRICS["accuracy"].interval and "inversion" in METRICS["ece"].interval
 
 
 @pytest.mark.parametrize("k", [2, 3])

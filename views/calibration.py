@@ -103,7 +103,8 @@ with ui.guard("the calibration view"):
     else:
         stats = c.stats()
         st.caption("Each side with its 95% interval; the difference (pruned - full) with a paired 95% interval "
-                   f"over the same {stats.n} examples ({stats.n_resamples} bootstrap resamples) and its p-value. "
+                   f"over the same {stats.n} examples ({stats.n_resamples} bootstrap resamples; for the calibration "
+                   f"errors as many simulations of correctness) and its p-value. "
                    "Beyond noise means the interval excludes 0.")
         ui.table(stats.table(names), "calibration-metrics")
         if scaled and stats.scaled_difference:

@@ -228,4 +228,5 @@ def _print(c: ResultComparison, stats: PairedStats, spread: pd.DataFrame | None)
     if spread is not None:
         print("across prompt seeds (demonstration draws):")
         print(spread.round(4).to_string())
-    print(f"intervals: 95%, {stats.n_resamples} paired bootstrap resamples (seed {stats.seed}); accuracy: Wilson")
+    print(f"intervals: 95%, seed {stats.seed}; accuracy: Wilson; calibration errors: {stats.n_resamples} simulations "
+          f"of correctness inverted (docs/uncertainty.md); the rest: {stats.n_resamples} paired bootstrap resamples")

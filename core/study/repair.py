@@ -3,8 +3,8 @@
 `compare_repairs` takes one mask's logits and returns a `RepairComparison`: one row per method of
 `core.task.recalibration` (and the unrepaired pruned model, ``"none"``), each with
 
-* every metric of `REPAIR_KEYS` on the test split with its 95% interval (accuracy: Wilson; the rest:
-  percentile bootstrap), the same intervals `core.task.uncertainty.calibration_intervals` gives;
+* every metric of `REPAIR_KEYS` on the test split with its 95% interval, by the method each metric gets
+  everywhere (`core.task.uncertainty.methods`: Wilson, test inversion for the calibration errors, BCa);
 * its paired change against the unrepaired pruned model and its paired difference from the full
   model (and, given the full model's validation logits, from the full model after the same method);
 * how many predicted answers it changed, with McNemar's counts and p-value against the unrepaired
@@ -20,9 +20,9 @@ and scored on the test split; it never sees a test label. A validation split sma
 needs is said in its row ("fitted on only N validation examples; this method needs about M"), and a
 method that cannot be fitted says why in its row while the others go on.
 
-**One resampling.** Every row's bootstrap uses the same count matrix (`resample_counts` with one
-seed), so every paired difference, against any row, is over the same resamples; each row's metrics
-are computed on those resamples once (`calibration_draws`) and differences are taken draw by draw.
+**One resampling.** Every row uses the same count matrix (`resample_counts` with one seed) and the
+same simulations of correctness, so every paired difference, against any row, is over the same
+resamples and simulations (`core.task.uncertainty.side` and `differences`).
 
 **Verdicts** (a change is beyond noise when its paired 95% interval excludes 0; accuracy changes are
 judged by the exact McNemar test at p < 0.05, the house test for flipped answers):
@@ -70,12 +70,11 @@ from ..task.uncertainty import (
     Difference,
     Interval,
     McNemar,
-    _difference,
-    _percentile,
-    calibration_draws,
+    Side,
+    differences,
     mcnemar,
     resample_counts,
-    wilson,
+    side,
 )
 
 if TYPE_CHECKING:
@@ -207,33 +206,17 @@ def _cells(metrics: Mapping[str, Interval], vs_pruned: Mapping[str, Difference],
     return out
 
 
-@dataclass(frozen=True)
-class _Scored:
-    """One set of test probabilities: point values, per-resample values and intervals of `REPAIR_KEYS`."""
-
-    probs: np.ndarray
-    values: dict[str, float]
-    draws: dict[str, np.ndarray]
-    intervals: dict[str, Interval]
+def _score(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, n_bins: int, seed: int) -> Side:
+    """One set of test probabilities' `REPAIR_KEYS` with the intervals every other view shows."""
+    return side(probs, labels, counts, n_bins, len(counts), seed, keys=REPAIR_KEYS)
 
 
-def _score(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, n_bins: int) -> _Scored:
-    values = {"accuracy": cal.accuracy(probs, labels), "ece": cal.ece(probs, labels, n_bins),
-              "smooth_ece": cal.smooth_ece(probs, labels), "brier": cal.brier(probs, labels),
-              "nll": cal.nll(probs, labels)}
-    draws = calibration_draws(probs, labels, counts, n_bins, keys=REPAIR_KEYS, smooth_ece=values["smooth_ece"])
-    intervals = {k: Interval(values[k], *_percentile(draws[k])) for k in REPAIR_KEYS}
-    right = int((probs.argmax(axis=1) == labels).sum())
-    intervals["accuracy"] = Interval(values["accuracy"], *wilson(right, len(labels)))
-    return _Scored(probs, values, draws, intervals)
-
-
-def _differences(base: _Scored, other: _Scored) -> dict[str, Difference]:
-    """Paired differences (other - base) draw by draw; exactly 0 when the two sides are the same probabilities
-    (to 1e-12: a method that is the identity up to rounding must not come out "beyond noise")."""
+def _differences(base: Side, other: Side, seed: int) -> dict[str, Difference]:
+    """Paired differences (other - base); exactly 0 when the two sides are the same probabilities (to 1e-12:
+    a method that is the identity up to rounding must not come out "beyond noise")."""
     if np.allclose(base.probs, other.probs, rtol=0, atol=1e-12):
-        return {k: _difference(0.0, np.zeros_like(base.draws[k])) for k in REPAIR_KEYS}
-    return {k: _difference(other.values[k] - base.values[k], other.draws[k] - base.draws[k]) for k in REPAIR_KEYS}
+        return {k: Difference(0.0, 0.0, 0.0, 1.0) for k in REPAIR_KEYS}
+    return differences(base, other, seed)
 
 
 def _fit(name: str, logits: np.ndarray, labels: np.ndarray, content_free: np.ndarray | None,
@@ -324,14 +307,14 @@ def compare_repairs(
         check_recalibrator(name)
 
     counts = resample_counts(len(labels), n_resamples, seed)
-    full = _score(cal.softmax(full_test), labels, counts, n_bins)
-    none = _score(cal.softmax(pruned_test), labels, counts, n_bins)
-    before = _differences(full, none)
+    full = _score(cal.softmax(full_test), labels, counts, n_bins, seed)
+    none = _score(cal.softmax(pruned_test), labels, counts, n_bins, seed)
+    before = _differences(full, none, seed)
     predicted = none.probs.argmax(axis=1)
     rows = [RepairRow(UNREPAIRED, "none (pruned, unrepaired)", False, BEFORE,
                       "the pruned model before repair; its ECE against the full model: "
                       + METRICS["ece"].verdict(before["ece"].value, before["ece"].beyond_noise, before["ece"].p_value),
-                      metrics=none.intervals, vs_pruned=_differences(none, none), vs_full=before,
+                      metrics=none.intervals, vs_pruned=_differences(none, none, seed), vs_full=before,
                       mcnemar=mcnemar(predicted == labels, predicted == labels))]
     for name in names:
         info, own = RECALIBRATORS[name], params.get(name, {})
@@ -341,8 +324,8 @@ def compare_repairs(
             rows.append(RepairRow(name, info.title, info.changes_prediction, NOT_FITTED, f"not fitted: {fitted}",
                                   notes=(size,) if size else (), error=fitted))
             continue
-        scored = _score(fitted.probs(pruned_test), labels, counts, n_bins)
-        vs_pruned, vs_full = _differences(none, scored), _differences(full, scored)
+        scored = _score(fitted.probs(pruned_test), labels, counts, n_bins, seed)
+        vs_pruned, vs_full = _differences(none, scored, seed), _differences(full, scored, seed)
         moved = scored.probs.argmax(axis=1)
         flips = mcnemar(predicted == labels, moved == labels)
         changed = int((moved != predicted).sum())
@@ -353,8 +336,9 @@ def compare_repairs(
             if isinstance(refit, str):
                 after["full_after_error"] = refit
             else:
-                repaired_full = _score(refit.probs(full_test), labels, counts, n_bins)
-                after = {"full_after": repaired_full.intervals, "vs_full_after": _differences(repaired_full, scored)}
+                repaired_full = _score(refit.probs(full_test), labels, counts, n_bins, seed)
+                after = {"full_after": repaired_full.intervals,
+                         "vs_full_after": _differences(repaired_full, scored, seed)}
         rows.append(RepairRow(name, info.title, info.changes_prediction, verdict,
                               _summary(verdict, vs_pruned, vs_full, changed, flips),
                               notes=tuple(n for n in (size, *fitted.notes) if n), params=fitted.params,

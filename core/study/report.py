@@ -99,8 +99,10 @@ def _intervals_note(table: pd.DataFrame) -> str:
     if "accuracy_lo" not in table:
         return "<p>This table has no intervals (written before they existed): rerun the sweep to get them.</p>"
     n_beyond = int(((table.get("accuracy_change_lo", 0) > 0) | (table.get("accuracy_change_hi", 0) < 0)).sum())
-    return ("<p>Shaded: 95% intervals over the test examples (accuracy: Wilson; the others: bootstrap, 1,000 "
-            "resamples). The <code>_change</code> columns are each mask's difference from the full model on the same "
+    return ("<p>Shaded: 95% intervals over the test examples (accuracy: Wilson; ECE and the other calibration "
+            "errors: for the true value, by inverting 1,000 simulations of correctness, widened to contain the "
+            "estimate; the others: bootstrap, 1,000 resamples). The <code>_change</code> columns are each mask's "
+            "difference from the full model on the same "
             "examples, with a paired 95% interval and p-value: a change is beyond noise only when its interval "
             f"excludes 0. Accuracy changes beyond noise: {n_beyond} of {len(table)} rows. The dotted line is the "
             "ECE a perfectly calibrated model with the same confidences reaches in 95% of samples of this size: "

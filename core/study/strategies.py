@@ -14,13 +14,15 @@
 Greedy strategies choose on the validation split (``calibration_n`` examples, 100 by default) so
 that a sweep reports them on the test split. They do not chase noise: at each step the similarity
 order's next layer is the default, and another layer replaces it only when its cost is lower
-beyond noise: the paired 95% bootstrap interval of (its cost - the default's cost), over the
-same validation examples resampled jointly, lies wholly below 0. (The candidate tested is the
-cheapest of the step, so this guards against chasing noise without being a formal test across
-all candidates.) Every mask they try goes through the result cache, so an
-interrupted search resumes. Each step considers the ``candidates`` most redundant remaining
-layers by the similarity score (all of them by default); after ``steps`` steps, the remaining
-layers follow in similarity order, so every strategy returns a permutation of all layers.
+beyond noise: the paired 95% percentile-bootstrap interval of (its cost - the default's cost),
+over the same validation examples resampled jointly (`core.task.uncertainty.bootstrap_difference`),
+lies wholly below 0. (The candidate tested is the cheapest of the step, so this guards against
+chasing noise without being a formal test across all candidates; nor is it the interval the
+tables show for an ECE change, which no combined cost has: see `core.task.uncertainty.methods`.)
+Every mask they try goes through the result cache, so an interrupted search resumes. Each step
+considers the ``candidates`` most redundant remaining layers by the similarity score (all of them
+by default); after ``steps`` steps, the remaining layers follow in similarity order, so every
+strategy returns a permutation of all layers.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ..progress import StageProgress
 from ..task import calibration as cal
 from ..task.evaluation import score_cached
 from ..task.setup import Setup
-from ..task.uncertainty import LEVEL, calibration_draws, resample_counts
+from ..task.uncertainty import bootstrap_difference, calibration_draws, resample_counts
 from .importance import attention_scores, calibration_texts
 
 STRATEGIES: dict[str, str] = {
@@ -141,7 +143,7 @@ class _Judge:
     def beats(self, drop: Sequence[int], default: Sequence[int]) -> bool:
         """Whether mask ``drop`` costs less than mask ``default`` beyond noise (paired bootstrap, 95%)."""
         difference = self._cost_draws(drop) - self._cost_draws(default)
-        return bool(np.quantile(difference, 1 - (1 - LEVEL) / 2) < 0)
+        return bootstrap_difference(self.cost(drop) - self.cost(default), difference).hi < 0
 
     def _cost_draws(self, drop: Sequence[int]) -> np.ndarray:
         """The mask's cost on each bootstrap resample, less the full model's (which cancels in differences)."""

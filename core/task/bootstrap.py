@@ -30,11 +30,7 @@ import numpy as np
 
 from ..errors import UserError
 from .uncertainty import LEVEL, Difference, Interval
-
-
-def _percentile(draws: np.ndarray, level: float) -> tuple[float, float]:
-    lo, hi = np.quantile(draws, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+from .uncertainty.intervals import _percentile
 
 
 def interval(value: float, draws: np.ndarray, level: float = LEVEL) -> Interval:

@@ -145,7 +145,9 @@ def test_paired_stats_of_two_masks(tmp_path) -> None:
     assert {"correct_full", "correct_pruned", "confidence_full", "confidence_pruned", "label_mass_pruned",
             "flipped"} <= set(preds.columns) and len(preds) == full.n
     assert s.examples_needed("ece", 0.02) >= 1
-    assert c.stats(1000, 1).difference["ece"] != s.difference["ece"] or s.difference["ece"].lo == s.difference["ece"].hi
+    # another seed, other resamples (a calibration error's interval on few examples can reach the same bounds)
+    reseeded = c.stats(1000, 1).difference["brier"]
+    assert reseeded != s.difference["brier"] or s.difference["brier"].lo == s.difference["brier"].hi
 
 
 def test_prompt_seeds_give_one_row_per_draw_and_refuse_a_prompt_without_demonstrations(tmp_path) -> None:

@@ -180,11 +180,21 @@ def test_the_difference_is_taken_on_shared_resamples() -> None:
     other /= other.sum(axis=1, keepdims=True)
     _, _, diff = u.paired_differences(probs, other, labels, n_resamples=300, seed=4)
     counts = u.resample_counts(90, 300, seed=4)
-    d = u.calibration_draws(other, labels, counts)["brier"] - u.calibration_draws(probs, labels, counts)["brier"]
+    draws = {k: u.calibration_draws(other, labels, counts)[k] - u.calibration_draws(probs, labels, counts)[k]
+             for k in ("accuracy", "brier")}
+    d = draws["accuracy"]  # accuracy's change: the percentile bootstrap
     lo, hi = np.quantile(d, [0.025, 0.975])
     p = min(1.0, 2 * min((np.sum(d <= 0) + 1) / 301, (np.sum(d >= 0) + 1) / 301))
-    assert (diff["brier"].lo, diff["brier"].hi, diff["brier"].p_value) == pytest.approx((lo, hi, p))
-    assert diff["brier"].value == pytest.approx(cal.brier(other, labels) - cal.brier(probs, labels))
+    assert (diff["accuracy"].lo, diff["accuracy"].hi, diff["accuracy"].p_value) == pytest.approx((lo, hi, p))
+    # Brier's: BCa on the same resamples, its acceleration from leaving out one example at a time (n < 200)
+    onehot = np.eye(probs.shape[1])[labels]
+    per = ((other - onehot) ** 2).sum(1) - ((probs - onehot) ** 2).sum(1)
+    jackknife = (per.sum() - per) / 89
+    value = cal.brier(other, labels) - cal.brier(probs, labels)
+    expected = u.intervals.bca_difference(value, draws["brier"], jackknife)
+    assert (diff["brier"].lo, diff["brier"].hi, diff["brier"].p_value) == pytest.approx(
+        (expected.lo, expected.hi, expected.p_value), abs=1e-12)
+    assert diff["brier"].value == pytest.approx(value)
 
 
 def test_pairing_narrows_the_interval_of_a_difference() -> None:
