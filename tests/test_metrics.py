@@ -54,6 +54,32 @@ def test_repair_columns_are_generated_families_of_metrics_in_the_table() -> None
     assert len(every) == len(set(every)) and not set(every) & set(COLUMNS)
 
 
+def test_heal_columns_are_generated_families_of_metrics_in_the_table() -> None:
+    """A sweep with healing adds, per metric of `HEALED` (rows here), the healed model's value with the metric's
+    interval columns and its change from the unhealed pruned model; then the flips and notes; nothing else, and
+    nothing that clashes with the fixed columns. The healed model's own row (the grid's) adds only the changes."""
+    from core.study.sweep import (
+        HEAL_FLIPS,
+        HEAL_NOTES,
+        HEALED,
+        HEALED_POINT_COLUMNS,
+        heal_columns,
+        heal_gain_columns,
+        healed_column,
+    )
+
+    assert set(HEALED) == set(INTERVALS) | set(SET_INTERVALS) and set(HEALED) <= set(METRICS)
+    assert set(HEAL_FLIPS) <= NOT_METRICS
+    for column in heal_columns():
+        metrics = [k for k in HEALED if column in (healed_column(k), *interval_columns(healed_column(k)),
+                                                   *heal_gain_columns(k))]
+        notes = [x for x in (*(healed_column(f) for f in HEAL_FLIPS), *HEAL_NOTES) if column == x]
+        assert len(metrics) + len(notes) == 1, column
+    every = heal_columns()
+    assert len(every) == len(set(every)) and not set(every) & set(COLUMNS)
+    assert [*(c for k in HEALED for c in heal_gain_columns(k)), *HEAL_NOTES] == HEALED_POINT_COLUMNS
+
+
 def test_directions_and_ranges() -> None:
     assert {k for k, m in METRICS.items() if not m.lower_is_better} == {
         "accuracy", "comprehensiveness", "random_comprehensiveness", "label_mass", "coverage", "singleton_share",

@@ -30,6 +30,7 @@ from core.task.head import train_head
 from core.task.prompts import STYLES, PromptConfig
 from core.task.setup import Setup
 
+from .heal import panel as heal_panel
 from .state import DEVICES, N_RANGE, SEED_RANGE, Context, handed_over, init_from_url, url_warnings, write_url
 from .widgets import guard
 
@@ -439,9 +440,10 @@ def sidebar() -> Context:
     drop = _current_mask(lm)
     saved, latency = _efficiency_readout(lm, drop)
     order = _layer_panel(setup, drop)
+    healed = heal_panel(setup, drop)  # the healing to show as a third model, once its adapters are cached
     prefetch_slot = st.sidebar.empty()
     ctx = Context(setup=setup, n=n, explain=explain, drop=drop, scores=scores, order=order, efficiency=saved,
-                  image_format=image_format, after_page=[latency] if latency else [])
+                  image_format=image_format, after_page=[latency] if latency else [], healed=healed)
     if prefetch_enabled() and not refit:
         ctx.after_page.append(lambda: _prefetch(ctx, prefetch_slot))
     st.sidebar.download_button("Download run configuration (JSON)", json.dumps(ctx.run_config(), indent=2),

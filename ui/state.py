@@ -3,9 +3,9 @@
 A view can be shared as a link and survives a reload: the model, the data set, the mask, the chosen
 example and every setting that changes a number (`SETTINGS`: sample size, prompt style and
 demonstration draw, explainer and its seeds, removal, temperature scaling, the prediction sets' alpha
-and method) go into the URL, only where they differ from the defaults, and are read back on a
-session's first run. A value in a link that is not allowed is ignored with a message saying what is.
-Nothing here draws a widget.
+and method, the healed model shown and its steps) go into the URL, only where they differ from the
+defaults, and are read back on a session's first run. A value in a link that is not allowed is
+ignored with a message saying what is. Nothing here draws a widget.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from core.explain.features import REMOVALS
 from core.explain.methods import DEFAULT_EXPLAINER, EXPLAINERS
 from core.model.efficiency import Efficiency
 from core.model.loading import DEFAULT_MODEL, LoadedModel
+from core.study.healing import CPU_STEPS, OBJECTIVES, HealResult
 from core.study.importance import ImportanceScores
 from core.study.sets import DEFAULT_ALPHA, DEFAULT_METHOD
 from core.task.conformal import METHODS
@@ -97,6 +98,10 @@ EXPLAINER_SEEDS_RANGE = (1, 5)
 """How many seeds a sampling explainer can be run under on the Explanations view."""
 ALPHA_RANGE = (0.01, 0.5, 0.01)
 """The prediction sets' miscoverage alpha the Prediction sets view offers: smallest, largest, step."""
+HEAL_STEPS_RANGE = (1, 1000)
+"""The healing steps the sidebar's "Heal this mask" offers."""
+NOT_HEALED = "none"
+"""The ``heal`` setting when the healed model is not shown (else its objective)."""
 
 SETTINGS = (
     _one_of("device", "device", DEVICES[0], DEVICES),
@@ -109,6 +114,9 @@ SETTINGS = (
     UrlSetting("temperature", "temperature", False, _flag, "0 or 1"),
     _decimal("alpha", "alpha", DEFAULT_ALPHA, *ALPHA_RANGE),
     _one_of("method", "conformal_method", DEFAULT_METHOD, tuple(METHODS)),
+    # the healed model shown beside the pruned one (`ui.heal`): its objective, and its steps where not the default
+    _one_of("heal", "heal", NOT_HEALED, (NOT_HEALED, *OBJECTIVES)),
+    _integer("heal_steps", "heal_steps", CPU_STEPS, *HEAL_STEPS_RANGE),
 )
 """Every setting besides the selection that changes a number on a page; a shared link carries them all."""
 VALIDATION_N = 100
@@ -134,6 +142,8 @@ class Context:
     warnings: list[str] = field(default_factory=list)
     after_page: list[Callable[[], None]] = field(default_factory=list)
     """Slow extras (latency, prefetching) that `app.py` runs once the page is drawn, in order."""
+    healed: HealResult | None = None
+    """The mask's healing to show as a third model (`ui.heal`): set only when asked for and its adapters are cached."""
 
     @property
     def lm(self) -> LoadedModel:

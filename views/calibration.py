@@ -8,7 +8,7 @@ from core.study.compare import across_prompt_seeds, compare_results, mask_name, 
 from core.study.figures import confidence_histogram, reliability_diagram
 from core.task import calibration as cal
 from core.task.uncertainty import banded_reliability_table
-from ui import repair
+from ui import heal, repair
 
 ctx = ui.context()
 RECENT = 8  # comparisons a session keeps (most recently shown last); a bare string here would be drawn
@@ -62,6 +62,9 @@ with ui.guard("the calibration view"):
                        help="divides the logits by one number T chosen to minimise validation NLL; "
                             "accuracy is unchanged, confidence is repaired")
     runs = {names[0]: full} | ({names[1]: pruned} if pruned else {})
+    hc = heal.comparison(ctx, c, config)  # the healed model, when "Show the healed model" is on in the sidebar
+    if hc is not None:
+        runs[heal.NAME] = hc.healed
     tables = {name: r.reliability for name, r in runs.items()}
     confidences = {name: r.probs.max(axis=1) for name, r in runs.items()}
     if scaled:
@@ -114,6 +117,9 @@ with ui.guard("the calibration view"):
                    f"{floor.mean:.3f} on average and up to {floor.q95:.3f} in 95% of samples of {r.n}: "
                    + ("**consistent with perfect calibration**." if floor.consistent else
                       "**miscalibrated beyond noise**."))
+    if hc is not None:
+        heal.calibration_section(ctx, hc, scaled, repair.wanted(),
+                                 st.session_state.get(repair.METHODS, list(repair.DEFAULT)))
     _prompt_variance()
     repair.section(ctx, c, names)
     for w in (pruned or full).warnings:

@@ -20,6 +20,7 @@ from core.study.figures import faithfulness_curves, token_heatmap
 from core.study.sets import DEFAULT_ALPHA, DEFAULT_METHOD, set_labels, set_text
 from core.task.conformal import METHODS
 from core.task.evaluation import is_cached
+from ui import heal
 
 # session keys (a bare string here would be drawn): explanations asked for, explainer comparisons computed,
 # and what an explainer took here
@@ -108,7 +109,9 @@ with ui.guard("the explanations view"):
     # what defines the explanation (and the explainer comparison) besides the example and the mask
     selection = (ctx.lm.id, ctx.ds.fingerprint, repr(ctx.prompt), ctx.setup.refit_head)
     request = (*selection, ex.id, ctx.drop, ctx.explain, seeds)
-    cached = explanations_cached(ctx.setup, ctx.drop, ex, ctx.explain, "test", with_random=True, seeds=seeds)
+    cached = (explanations_cached(ctx.setup, ctx.drop, ex, ctx.explain, "test", with_random=True, seeds=seeds)
+              and heal.explanation_cached(ctx, ex, seeds))  # the healed model's too, when it is shown
+    heal.missing_note(ctx)
     asked = st.session_state.setdefault(REQUESTS, set())
     c1, c2, c3 = st.columns([2, 2, 3])
     auto = c1.toggle("Explain automatically", key="explain_auto", value=False,
@@ -120,6 +123,7 @@ with ui.guard("the explanations view"):
     if cached or auto or request in asked:
         with st.spinner(f"Explaining with {title} (seconds per model and seed the first time; cached after)..."):
             c = compare_explanations(ctx.setup, ctx.drop, ex, ctx.explain, "test", with_random=True, seeds=seeds)
+            healed = heal.explain(ctx, ex, c, seeds)  # None unless the healed model is shown
         # without a mask both sides are the full model, shown twice as before
         a_full, a_pruned = c.base, c.second
         st.session_state.setdefault(TIMINGS, {})[(ctx.lm.id, title)] = ((a_full.seconds + a_pruned.seconds) / 2,
@@ -134,6 +138,9 @@ with ui.guard("the explanations view"):
                   f"random baseline (full model, mean of {RANDOM_DRAWS} draws)": c.random_faithfulness}
         rows = {f"full: {c.answer(a_full)}": (a_full.names, a_full.scores),
                 f"pruned: {c.answer(a_pruned)}": (a_pruned.names, a_pruned.scores)}
+        if healed is not None:
+            rows |= heal.heatmap_rows(healed)
+            curves[f"{heal.NAME} model"] = healed.faithfulness
         ui.chart(token_heatmap(rows), "token-heatmap", ctx)
         fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
         cols = st.columns(5)
@@ -166,6 +173,9 @@ with ui.guard("the explanations view"):
             words["full model, SD over seeds"] = spread
             if (other := c.spread("other")) is not None:
                 words["pruned model, SD over seeds"] = other
+        if healed is not None:
+            words["healed model"] = healed.healed.scores
+            heal.explanation_section(ctx, healed)
         ui.table(words, "attributions", hide_index=True)
         st.caption(f"{title}: {a_full.seconds:.1f} s (full), {a_pruned.seconds:.1f} s (pruned) when computed; "
                    f"parameters {a_full.params}")

@@ -19,6 +19,7 @@ from core.study.sets import DEFAULT_ALPHA, DEFAULT_METHOD, KEYS, set_figures
 from core.task import selective
 from core.task.conformal import METHODS
 from core.task.evaluation import PartialResult
+from ui import heal
 from ui.state import ALPHA_RANGE
 from ui.widgets import LIVE_RESAMPLES
 
@@ -102,7 +103,11 @@ with ui.guard("the prediction-sets view"):
         st.info("No attention layer is dropped, so the tiles show the full model alone. Switch layers off in the "
                 "sidebar to compare a pruned model's sets with the full one's.")
 
-    figures = set_figures({names[0]: c.base} | ({names[1]: c.other} if pruned else {}), alpha, method)
+    hc = heal.comparison(ctx, c, config)  # the healed model, when "Show the healed model" is on in the sidebar
+    if hc is not None:
+        heal.sets_section(hc, alpha, method)
+    figures = set_figures({names[0]: c.base} | ({names[1]: c.other} if pruned else {})
+                          | ({heal.NAME: hc.healed} if hc is not None else {}), alpha, method)
     if figures.sizes:
         a, b = st.columns(2)
         with a:

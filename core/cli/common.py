@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ..cache import ResultCache
     from ..explain.dataset import ExplainConfig
     from ..model.loading import LoadedModel
+    from ..study.healing import HealConfig
     from ..task.data import Dataset
     from ..task.prompts import PromptConfig
     from ..task.setup import Setup
@@ -134,6 +135,33 @@ def check_set_args(args: argparse.Namespace) -> None:
     from ..study.sets import check_settings
 
     check_settings(args.alpha, args.conformal_method, getattr(args, "val_n", 0) or None)
+
+
+def add_heal_args(p: argparse.ArgumentParser, what: str) -> None:
+    """``--heal-steps`` and ``--heal-objective``: heal ``what`` with LoRA (`core.study.healing`) and add the healed
+    model beside the full and the pruned one."""
+    from ..study.healing import CPU_STEPS, OBJECTIVES
+
+    p.add_argument("--heal-steps", type=int, default=0, metavar="N",
+                   help=f"also heal {what} with N LoRA steps and add the healed model (0: no healing; {CPU_STEPS} is "
+                        "the heal command's CPU default). Slow: minutes per mask on a CPU (about 4.5 s a step on 2 "
+                        "cores for the default model); the adapters are cached, and a second run trains nothing")
+    p.add_argument("--heal-objective", default="lm", choices=list(OBJECTIVES),
+                   help="what healing minimises: " + "; ".join(f"{k}: {v}" for k, v in OBJECTIVES.items()))
+
+
+def heal_settings(args: argparse.Namespace) -> HealConfig | None:
+    """The healing that ``--heal-steps`` / ``--heal-objective`` ask for (None for none), checked before any model
+    loads; every other setting is the heal command's default."""
+    from ..study.healing import HealConfig
+
+    if args.heal_steps < 0:
+        raise UserError(f"--heal-steps must be 0 (no healing) or more (got {args.heal_steps})")
+    if not args.heal_steps:
+        return None
+    config = HealConfig(objective=args.heal_objective, steps=args.heal_steps)
+    config.validate()
+    return config
 
 
 def load_lm(args: argparse.Namespace) -> LoadedModel:

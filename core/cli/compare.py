@@ -1,4 +1,9 @@
-"""``compare``: two masks on the same examples, every metric with its 95% interval and the paired difference."""
+"""``compare``: two masks on the same examples, every metric with its 95% interval and the paired difference.
+
+With ``--heal-steps``, the pruned model healed with LoRA under the same mask is a third model on the same
+examples: its metrics, and its paired changes against the full and the pruned model (with flips, and
+its prediction sets and abstention against each).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,14 @@ from typing import TYPE_CHECKING
 from .common import (
     Bar,
     add_data_args,
+    add_heal_args,
     add_mask_args,
     add_model_args,
     add_prompt_args,
     add_set_args,
     build_setup,
     check_set_args,
+    heal_settings,
     mask,
     write_json,
 )
@@ -23,7 +30,10 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ..study.compare import PairedStats, ResultComparison
+    from ..study.healed import HealComparison
+    from ..study.healing import HealConfig, HealResult
     from ..study.sets import SetStats
+    from ..task.setup import Setup
     from ..task.uncertainty import NoiseFloor
     from .common import Subparsers
 
@@ -47,6 +57,7 @@ def add_parser(sub: Subparsers) -> None:
     add_set_args(p)
     p.add_argument("--prompt-seeds", default=None, metavar="S,S,..",
                    help="also evaluate under these demonstration draws (few-shot) and report the spread")
+    add_heal_args(p, "the pruned model")
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reading the result cache")
     p.add_argument("--json", metavar="PATH|-", help="write the comparison as JSON ('-' for stdout)")
     p.add_argument("--predictions", metavar="PATH.csv", help="write one row per example with both models' columns")
@@ -63,12 +74,25 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"--bootstrap must be at least 1000 resamples for stable 95% intervals (got {args.bootstrap})")
     seeds = parse_seeds(args.prompt_seeds) if args.prompt_seeds is not None else None
     check_set_args(args)
+    heal_config = heal_settings(args)
+    if heal_config is not None and args.base_attn:
+        raise UserError("--heal-steps compares the healed model with the full model and the pruned one: leave out "
+                        "--base-attn")
     setup = build_setup(args)
     drop = mask(args, setup)
     base = sorted(validate_mask(parse_layer_list(args.base_attn), setup.lm.num_layers))
     config = EvalConfig(n=args.n, split=args.split, seed=args.seed, n_bins=args.bins, val_n=args.val_n)
+    healing = _heal(setup, drop, heal_config) if heal_config is not None else None
     with Bar("scoring") as bar:
         c = compare_results(setup, drop, config, base, names=("full model", "pruned"), progress=bar.stage)
+    hc = None
+    if healing is not None:
+        from ..study.healed import healed_comparison
+
+        with Bar("scoring the healed model") as bar:
+            hc = healed_comparison(setup, c, healing, config, progress=bar)
+        for w in hc.healed.warnings:
+            print(f"warning (healed model): {w}", file=sys.stderr)
     for w in dict.fromkeys(c.base.warnings + c.other.warnings):
         print(f"warning: {w}", file=sys.stderr)
     stats = c.stats(args.bootstrap, args.seed)
@@ -84,13 +108,76 @@ def run(args: argparse.Namespace) -> None:
         spread = seed_spread(table)
         out["prompt_seeds"] = {"seeds": seeds, "per_seed": table.to_dict(orient="records"),
                                "spread": spread.to_dict(orient="index")}
+    if hc is not None:
+        out["healed"] = hc.healed_json(args.bootstrap, args.seed, args.alpha, args.conformal_method)
     if args.predictions:
-        c.predictions().to_csv(args.predictions, index=False)
+        table = c.predictions()
+        if hc is not None:
+            healed = hc.pair("full", "healed").predictions(("full", "healed"))
+            table = table.join(healed[[col for col in healed if col.endswith("_healed")]])
+            table["flipped_by_healing"] = table["prediction_pruned"] != table["prediction_healed"]
+        table.to_csv(args.predictions, index=False)
     if args.json:
         write_json(out, args.json)
     if args.json != "-":
         _print(c, stats, spread)
         _print_sets(sets, ("full", "pruned") if not base else ("base", "other"))
+        if hc is not None:
+            _print_healed(hc, args.bootstrap, args.seed, args.alpha, args.conformal_method)
+
+
+def _heal(setup: Setup, drop: list[int], config: HealConfig) -> HealResult:
+    """Heal ``drop`` (cached: a second run trains nothing) with a step bar; Ctrl-C stops and keeps a checkpoint."""
+    from ..study.heal_job import estimate_heal, timed_heal
+    from .heal import StepBar, StopOnCtrlC
+
+    print(f"healing the pruned model ({config.objective} objective): {estimate_heal(setup, drop, config).text()}",
+          file=sys.stderr)
+    if config.note:
+        print(f"note: {config.note}", file=sys.stderr)
+    with StopOnCtrlC() as stop, StepBar() as bar:
+        result = timed_heal(setup, drop, config, progress=bar, stop=stop)
+    if not result.complete:
+        kept = ("the checkpoint is kept: run the same command again to resume" if result.path is not None
+                else "nothing is kept under --no-cache")
+        print(f"healing stopped at step {result.steps_done} of {config.steps}; {kept}", file=sys.stderr)
+        raise KeyboardInterrupt
+    return result
+
+
+def _print_healed(hc: HealComparison, n_resamples: int, seed: int, alpha: float, method: str) -> None:
+    """The pruned and healed model: every model's values, its paired changes against the full and the pruned model
+    with verdicts and flips, and its prediction sets and abstention against each."""
+    import pandas as pd
+
+    from ..study.healing import OBJECTIVES
+
+    stats, sets = hc.stats(n_resamples, seed), hc.sets(alpha, method, n_resamples, seed)
+    r, cfg = hc.heal, hc.heal.config
+    first, last = r.loss_change() or (float("nan"), float("nan"))
+    print()
+    print(f"pruned and healed ({hc.healed.model}, the same mask): {cfg.objective} objective "
+          f"({OBJECTIVES[cfg.objective]}), {cfg.steps} steps of {cfg.batch_size} rows, LoRA rank {cfg.rank}; "
+          + ("adapters from the cache" if r.cached else f"trained in {r.seconds:.0f} s")
+          + f"; training loss {first:.3f} -> {last:.3f} (mean of the first / last 5 steps)")
+    if cfg.note:
+        print(f"note: {cfg.note}")
+    pairs = {k: v for k, v in stats.items() if k[1] == "healed"}
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(hc.values_table(stats).round(4).to_string())
+        print(hc.changes_table(pairs).round(4).to_string())
+    for (a, b), s in pairs.items():
+        m = s.mcnemar
+        print(f"flips, {b} against {a}: {m.right_to_wrong} right -> wrong, {m.wrong_to_right} wrong -> right "
+              f"(exact McNemar p = {m.p_value:.3g})")
+        if s.scaled_difference:
+            d = s.scaled_difference["ece"]
+            print(f"  ECE after each model's own temperature, {b} - {a}: {d.value:+.4f} [{d.lo:+.4f}, {d.hi:+.4f}], "
+                  f"{s.verdict('ece', temperature_scaled=True)}")
+    for (a, b), sv in sets.items():
+        if b == "healed":
+            print(f"prediction sets and abstention, healed against {a}:")
+            _print_sets(sv, (a, b))
 
 
 def _print_sets(sets: SetStats, names: tuple[str, str]) -> None:

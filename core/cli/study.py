@@ -8,7 +8,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
-from .common import Bar, add_set_args, check_set_args, prompt_config
+from .common import Bar, add_heal_args, add_set_args, check_set_args, heal_settings, prompt_config
 
 if TYPE_CHECKING:
     from .common import Subparsers
@@ -45,6 +45,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--repair", default=None, metavar="METHOD,..",
                    help="also fit these recalibration methods on each point's validation split ('all': every one) "
                         "and add their columns")
+    add_heal_args(p, "each pruned point (a row of its own, its 'healed' column naming the settings)")
     p.add_argument("--engine", default="local", help="local (this process) or ray")
     p.add_argument("--address", default=None, help="ray: a cluster to join (default: start a local runtime)")
     p.add_argument("--workers", type=int, default=None,
@@ -71,11 +72,17 @@ def run(args: argparse.Namespace) -> None:
                     val_n=args.val_n, faith_n=args.faith_n, explainers=_names(args.explainers, "--explainers"),
                     prompt=prompt_config(args), dtype=args.dtype, device=args.device, seed=args.seed,
                     calibration_n=args.calibration_n, alpha=args.alpha, method=args.conformal_method,
-                    repair=parse_methods(args.repair, "--repair") if args.repair is not None else ())
+                    repair=parse_methods(args.repair, "--repair") if args.repair is not None else (),
+                    heal=heal_settings(args))
+    if spec.heal is not None:
+        healed = len(spec.models) * len(spec.datasets) * len(spec.strategies) * spec.max_drop
+        print(f"healing {healed} pruned masks of {spec.heal.steps} steps each ({spec.heal.objective} objective): "
+              "minutes per mask on a CPU; the adapters are cached, so a rerun trains none of them again",
+              file=sys.stderr)
     with Bar("study (points and greedy candidates)", unit="mask") as bar:
         result = run_study(spec, args.out, engine=args.engine, address=args.address, workers=args.workers,
                            cpus_per_worker=args.cpus_per_worker, progress=bar)
-    shown = [c for c in ("model", "dataset", "strategy", "explainer", "dropped", "accuracy", "ece",
+    shown = [c for c in ("model", "dataset", "strategy", "explainer", "healed", "dropped", "accuracy", "ece",
                          "comprehensiveness", "sufficiency", "coverage", "set_size", "aurc")
              if c in result.table and result.table[c].notna().any()]
     print(result.table[shown].round(3).to_string(index=False))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from ..errors import UserError
@@ -10,12 +11,14 @@ from .common import (
     Bar,
     add_data_args,
     add_explainer_args,
+    add_heal_args,
     add_model_args,
     add_prompt_args,
     add_set_args,
     build_setup,
     check_set_args,
     explain_config,
+    heal_settings,
     write_json,
 )
 
@@ -47,6 +50,7 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument("--repair", default=None, metavar="METHOD,..",
                    help="also fit these recalibration methods on each mask's validation split ('all': every one; "
                         "see 'repair') and add their ECE, smooth ECE and accuracy columns")
+    add_heal_args(p, "each pruned mask")
     add_prompt_args(p)
     add_explainer_args(p, default="occlusion")
     p.add_argument("--out", required=True, metavar="PATH.csv", help="the table; settings go to PATH.csv.json")
@@ -66,9 +70,10 @@ def _weights(raw: str) -> tuple[float, float, float]:
 def run(args: argparse.Namespace) -> None:
     from dataclasses import asdict
 
+    from ..study.heal_job import estimate_heal, require_causal
     from ..study.repair import parse_methods, require_validation
     from ..study.strategies import StrategyConfig, layer_order
-    from ..study.sweep import PointConfig, readable_repairs, repair_columns, sweep
+    from ..study.sweep import PointConfig, heal_columns, readable_heal, readable_repairs, repair_columns, sweep
     from ..task.evaluation import EvalConfig
 
     strategy = StrategyConfig(name=args.strategy, seed=args.seed, calibration_n=args.calibration_n,
@@ -77,12 +82,15 @@ def run(args: argparse.Namespace) -> None:
     strategy.validate()
     check_set_args(args)
     repair = parse_methods(args.repair, "--repair") if args.repair is not None else ()
+    heal = heal_settings(args)
     explain = explain_config(args) if args.faith_n > 0 else None
     if not str(args.out).endswith(".csv"):
         raise UserError(f"--out must name a .csv file (got '{args.out}')")
     setup = build_setup(args)
     if repair:
         require_validation(setup.ds, args.val_n, "the methods of --repair")
+    if heal is not None:
+        require_causal(setup)
     lm = setup.lm
     if not 0 <= args.max_drop <= lm.num_layers:
         raise UserError(f"--max-drop must be between 0 and {lm.num_layers} (got {args.max_drop})")
@@ -90,7 +98,11 @@ def run(args: argparse.Namespace) -> None:
         order = layer_order(setup, strategy, progress=bar.stage)
     config = PointConfig(eval=EvalConfig(n=args.n, seed=args.seed, val_n=args.val_n),
                          explain=explain, faith_n=max(args.faith_n, 1), alpha=args.alpha,
-                         method=args.conformal_method, repair=repair)
+                         method=args.conformal_method, repair=repair, heal=heal)
+    if heal is not None and args.max_drop:
+        first = estimate_heal(setup, order[:1], heal)
+        print(f"healing {args.max_drop} masks of {heal.steps} steps each ({heal.objective} objective); the first: "
+              f"{first.text()}. The bar shows 'healing, step s of {heal.steps}' while a mask heals.", file=sys.stderr)
     with Bar("sweeping", unit="point") as bar:
         table = sweep(setup, order, args.max_drop, config, progress=bar.stage)
     table.to_csv(args.out, index=False)
@@ -99,10 +111,16 @@ def run(args: argparse.Namespace) -> None:
                 "explainer": explain.explainer if explain else None,
                 "explainer_params": explain.resolved_params() if explain else None,
                 "faith_n": args.faith_n, "removal": args.removal, "refit_head": args.refit_head,
-                "alpha": args.alpha, "conformal_method": args.conformal_method, "repair": list(repair)}
+                "alpha": args.alpha, "conformal_method": args.conformal_method, "repair": list(repair),
+                "heal": asdict(heal) if heal is not None else None}
     write_json(settings, args.out + ".json")
-    print(table.drop(columns=repair_columns(repair)).round(3).to_string(index=False))
+    print(table.drop(columns=[*repair_columns(repair), *(heal_columns() if heal else [])]).round(3)
+          .to_string(index=False))
     if repair:
         print("after repair (each method fitted on the mask's validation split; change from the full model):")
         print(readable_repairs(table).to_string(index=False))
+    if heal is not None and (healed := readable_heal(table)) is not None:
+        print(f"pruned and healed ({heal.objective} objective, {heal.steps} LoRA steps per mask; changes from the full "
+              "model and from the unhealed pruned model, paired over the same examples):")
+        print(healed.to_string(index=False))
     print(f"wrote {args.out} and {args.out}.json")

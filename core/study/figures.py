@@ -262,13 +262,14 @@ def risk_coverage_curves(bands: Mapping[str, RiskBand]) -> go.Figure:
 
 def study_curves(table: pd.DataFrame, metrics: Sequence[str] = TRADEOFF_METRICS) -> go.Figure:
     """A study grid's curves: one row of panels per metric, one column per dataset, one line (with its
-    shaded 95% interval) per model, strategy and explainer, against the number of layers dropped."""
+    shaded 95% interval) per model, strategy, explainer (and healed or not), against the number of layers dropped."""
     metrics = [m for m in metrics if m in table and table[m].notna().any()]
     datasets = list(dict.fromkeys(table["dataset"]))
     fig = make_subplots(rows=max(len(metrics), 1), cols=max(len(datasets), 1), shared_xaxes=True,
                         column_titles=datasets, row_titles=[METRICS[m].title for m in metrics],
                         vertical_spacing=0.06, horizontal_spacing=0.05)
-    parts = [c for c in ("model", "strategy", "explainer") if table[c].astype(str).nunique() > 1] or ["model"]
+    parts = [c for c in ("model", "strategy", "explainer", "healed")  # healed: a grid with healing's own rows
+             if c in table and table[c].astype(str).nunique() > 1] or ["model"]
     lines = list(dict.fromkeys(tuple(str(r[c]) for c in parts) for _, r in table.iterrows()))
     for i, line in enumerate(lines):
         name = " / ".join(v for v in line if v)

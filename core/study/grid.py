@@ -10,6 +10,11 @@ points.
 * **Resuming**: each finished point's row (and each cell's order) is stored by the driver under a
   content key of everything that defines it (the model's file signature, the data's fingerprint, the
   settings), so a rerun computes only the points the cache lacks.
+* **Healing** (`GridSpec.heal`): every pruned point gets a healed twin, a row of its own whose ``healed``
+  column names the settings (``healed (lm, 50 steps)``; the others say ``not healed``): the pruned model
+  healed with LoRA under the same mask (`core.study.sweep.healed_point`), its metrics and changes from
+  the full model in the usual columns, its paired changes from the unhealed pruned model in
+  `HEALED_POINT_COLUMNS`. Its key adds the healing settings; the unhealed points keep theirs.
 * **Engines**: ``local`` runs the grid in this process; ``ray`` runs it on Ray actors, one per GPU or
   per group of CPU cores. An actor loads a model once and evaluates many points; each actor takes its
   cells in model order, so it loads each model at most once. Rows come back to the driver, which
@@ -40,10 +45,11 @@ from ..task.data import Dataset, load_dataset
 from ..task.evaluation import EvalConfig
 from ..task.prompts import PromptConfig
 from ..task.recalibration import RECALIBRATION_VERSION, RECALIBRATORS
+from .heal_data import HEAL_VERSION, HealConfig
 from .repair import require_validation
 from .sets import DEFAULT_ALPHA, DEFAULT_METHOD, check_settings
 from .strategies import DEFAULT_STRATEGY, STRATEGIES, StrategyConfig, candidate_masks
-from .sweep import COLUMNS, PointConfig, repair_columns
+from .sweep import COLUMNS, HEALED_POINT_COLUMNS, PointConfig, repair_columns
 
 ENGINES = ("local", "ray")
 GREEDY = ("greedy-divergence", "trust-greedy")
@@ -53,6 +59,13 @@ COLUMNS_OUT = [*KEYS[:-1], *[c for c in COLUMNS if not c.startswith(("latency_",
 """The columns of results.csv: the point's names, the sweep's metrics with intervals, and where it came from."""
 RUN_DEPENDENT = ("seconds", "cached")
 """Columns that say how a run went rather than what the model does; equal grids differ only in these."""
+NOT_HEALED = "not healed"
+"""The ``healed`` column of a grid with healing, on the rows of models as pruned."""
+
+
+def heal_label(config: HealConfig) -> str:
+    """The ``healed`` column of a healed row: ``healed (lm, 50 steps)``."""
+    return f"healed ({config.objective}, {config.steps} steps)"
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,8 @@ class GridSpec:
     """The prediction sets' conformal score."""
     repair: tuple[str, ...] = ()
     """Recalibration methods fitted on each point's validation split (their columns: `repair_columns`)."""
+    heal: HealConfig | None = None
+    """Heal every pruned point with LoRA with these settings, as a row of its own (minutes per mask on a CPU)."""
 
     def explainer_list(self) -> tuple[str | None, ...]:
         return self.explainers if self.faith_n > 0 else (None,)
@@ -95,6 +110,8 @@ class Point:
     cell: Cell
     explainer: str | None
     dropped: int
+    healed: bool = False
+    """The pruned model healed with the grid's `GridSpec.heal` (a row of its own)."""
 
 
 @dataclass
@@ -124,7 +141,9 @@ class Plan:
                          sets={"alpha": repr(float(self.spec.alpha)), "method": self.spec.method},
                          # only when asked for, so that the points stored before the option existed stay found
                          **({"repair": list(self.spec.repair), "repair_version": RECALIBRATION_VERSION}
-                            if self.spec.repair else {}))
+                            if self.spec.repair else {}),
+                         **({"heal": asdict(self.spec.heal), "heal_version": HEAL_VERSION}
+                            if point.healed and self.spec.heal is not None else {}))
 
     def eval_config(self) -> EvalConfig:
         return EvalConfig(n=self.spec.n, seed=self.spec.seed, val_n=self.spec.val_n)
@@ -142,8 +161,13 @@ class Plan:
                            repair=self.spec.repair)
 
     def columns(self) -> list[str]:
-        """The columns of results.csv: `COLUMNS_OUT`, with the repair methods' before ``cached``."""
-        return [*COLUMNS_OUT[:-1], *repair_columns(self.spec.repair), COLUMNS_OUT[-1]]
+        """The columns of results.csv: `COLUMNS_OUT`, with the repair methods' before ``cached``; with healing, the
+        ``healed`` column after ``explainer`` and `HEALED_POINT_COLUMNS` before ``cached``."""
+        if self.spec.heal is None:
+            return [*COLUMNS_OUT[:-1], *repair_columns(self.spec.repair), COLUMNS_OUT[-1]]
+        names = len(KEYS) - 1
+        return [*COLUMNS_OUT[:names], "healed", *COLUMNS_OUT[names:-1], *repair_columns(self.spec.repair),
+                *HEALED_POINT_COLUMNS, COLUMNS_OUT[-1]]
 
     def cells(self) -> list[Cell]:
         return list(dict.fromkeys(p.cell for p in self.points))
@@ -177,6 +201,10 @@ def plan(spec: GridSpec, engine: str = "local", check_device: bool = True) -> Pl
     if spec.faith_n < 0 or spec.n < 1 or spec.val_n < 0 or spec.max_drop < 0:
         raise UserError("n must be at least 1, and val_n, faith_n and max_drop at least 0")
     check_settings(spec.alpha, spec.method)  # too few validation examples for alpha leave a point's sets empty
+    if spec.heal is not None:
+        spec.heal.validate()
+        if spec.device == "auto":
+            raise UserError("healing needs the whole model on one device; use --device cuda (or cpu), not auto")
     if spec.faith_n > 0:
         if not spec.explainers:
             raise UserError(f"faith_n > 0 needs at least one explainer: {', '.join(EXPLAINERS)}")
@@ -196,8 +224,10 @@ def plan(spec: GridSpec, engine: str = "local", check_device: bool = True) -> Pl
     if greedy and lacking:
         raise UserError(f"the strategies {', '.join(greedy)} choose on a validation split, which "
                         f"{', '.join(lacking)} lack(s)")
-    points = [Point(Cell(m, d, s), e, k) for m in spec.models for d in spec.datasets for s in spec.strategies
-              for e in spec.explainer_list() for k in range(spec.max_drop + 1)]
+    # a cell's healed points after its others: its unhealed points keep states for each other (`_later`)
+    points = [Point(Cell(m, d, s), e, k, h) for m in spec.models for d in spec.datasets for s in spec.strategies
+              for e in spec.explainer_list() for h in ((False, True) if spec.heal else (False,))
+              for k in range(int(h), spec.max_drop + 1)]
     return Plan(spec, datasets, {m: i.num_layers for m, i in infos.items()},
                 {m: i.signature for m, i in infos.items()}, points)
 
@@ -239,12 +269,17 @@ class GridWorker:
 
         return layer_order(self._setup(cell), plan_strategy, progress)
 
-    def point(self, cell: Cell, order: list[int], dropped: int, config: PointConfig, later: Sequence[int] = ()
-              ) -> dict:
+    def point(self, cell: Cell, order: list[int], dropped: int, config: PointConfig, later: Sequence[int] = (),
+              healed: bool = False) -> dict:
         """The point of ``cell`` with ``dropped`` layers of ``order`` dropped; ``later``: the numbers dropped of
-        the cell's points this worker evaluates next (their explanations start from states this one keeps)."""
-        from .sweep import evaluate_point
+        the cell's points this worker evaluates next (their explanations start from states this one keeps).
+        ``healed``: the pruned model healed with the grid's settings (`core.study.sweep.healed_point`)."""
+        from dataclasses import replace
 
+        from .sweep import evaluate_point, healed_point
+
+        if healed:
+            return healed_point(self._setup(cell), order[:dropped], replace(config, heal=self.spec.heal))
         return evaluate_point(self._setup(cell), order[:dropped], config,
                               next_masks=[order[:k] for k in later])
 
@@ -262,8 +297,9 @@ class Task:
 
 
 def _later(points: Sequence[Point], i: int) -> list[int]:
-    """The numbers dropped of the points after the ``i``-th with its explainer: what it should keep states for."""
-    return [p.dropped for p in points[i + 1:] if p.explainer == points[i].explainer]
+    """The numbers dropped of the points after the ``i``-th with its explainer (and, like it, healed or not): what it
+    should keep states for."""
+    return [p.dropped for p in points[i + 1:] if (p.explainer, p.healed) == (points[i].explainer, points[i].healed)]
 
 
 Event = tuple[str, Any, Any]
@@ -292,7 +328,7 @@ class LocalEngine:
             for i, point in enumerate(task.points):
                 yield "point", point, self.worker.point(task.cell, order, point.dropped,
                                                         self.plan.point_config(point.explainer),
-                                                        _later(task.points, i))
+                                                        _later(task.points, i), point.healed)
 
     def describe(self) -> dict:
         return {"engine": "local", "workers": 1, "model_loads": self.worker.loads}
@@ -349,7 +385,7 @@ class RayEngine:
                 pending[order] = ("order", task.cell)
             for j, point in enumerate(task.points):  # an actor runs its calls in order: a cell's points resume
                 ref = actor.point.remote(task.cell, order, point.dropped, self.plan.point_config(point.explainer),
-                                         _later(task.points, j))
+                                         _later(task.points, j), point.healed)
                 pending[ref] = ("point", point)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -469,14 +505,18 @@ def run_study(spec: GridSpec, out: str | Path | None = None, engine: str = "loca
 
 def _label(what: Point | Cell) -> str:
     cell = what.cell if isinstance(what, Point) else what
-    tail = f" / {what.explainer or '-'} / {what.dropped} dropped" if isinstance(what, Point) else " (order)"
+    tail = (f" / {what.explainer or '-'} / {what.dropped} dropped{' / healed' if what.healed else ''}"
+            if isinstance(what, Point) else " (order)")
     return f"{cell.model} / {cell.dataset} / {cell.strategy}{tail}"
 
 
 def _table(checked: Plan, rows: dict[Point, dict]) -> pd.DataFrame:
     columns = checked.columns()
+    heal = checked.spec.heal
     records = [{"model": p.cell.model, "dataset": p.cell.dataset, "strategy": p.cell.strategy,
-                "explainer": p.explainer or "", **{k: v for k, v in rows[p].items() if k in columns}}
+                "explainer": p.explainer or "",
+                **({"healed": heal_label(heal) if p.healed else NOT_HEALED} if heal is not None else {}),
+                **{k: v for k, v in rows[p].items() if k in columns}}
                for p in checked.points if p in rows]
     return pd.DataFrame(records, columns=columns)
 

@@ -214,12 +214,14 @@ def render_study(table: pd.DataFrame, run: dict, title: str = "Attention pruning
     counts = {k: run.get(k) for k in ("points", "computed", "cached", "seconds")}
     repairs = []
     if len(table):  # plotly.js came with the curves above
-        for (model, dataset, strategy), rows in table.groupby(["model", "dataset", "strategy"], sort=False):
+        names = ["model", "dataset", "strategy", *(["healed"] if "healed" in table else [])]
+        for (model, dataset, strategy, *healed), rows in table.groupby(names, sort=False):
             first = rows[rows["explainer"] == rows["explainer"].iloc[0]]  # repairs do not depend on the explainer
-            repairs += _repairs(first, f"ECE after repair against layers dropped: {model} on {dataset}, {strategy}")
+            repairs += _repairs(first, f"ECE after repair against layers dropped: {model} on {dataset}, {strategy}"
+                                + "".join(f", {h}" for h in healed))
     repaired = f"<h2>Repair after pruning</h2>\n{REPAIR_NOTE}\n" + "\n".join(repairs) if repairs else ""
     return _page(title, f"""<p>Each panel shows one metric (row) on one dataset (column) as attention layers are
-dropped in each strategy's order: one line per {', '.join(c for c in ('model', 'strategy', 'explainer')
+dropped in each strategy's order: one line per {', '.join(c for c in ('model', 'strategy', 'explainer', 'healed')
 if c in table and table[c].astype(str).nunique() > 1) or 'model'}. {_directions(metrics)}</p>
 {_intervals_note(table)}
 {figure}

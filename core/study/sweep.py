@@ -9,6 +9,12 @@ With repair methods (`PointConfig.repair`), each point also carries, per method 
 validation split (`core.study.repair`), its ECE, smooth ECE and accuracy with intervals and their
 changes from the full model, its verdict and the answers it changed (`repair_columns`).
 
+With healing (`PointConfig.heal`), each pruned point also carries the healed model (`core.study.healing`:
+LoRA adapters trained under the mask, cached by content; minutes per mask on a CPU): every metric of
+`HEALED` as ``<metric>_healed`` with its interval and change from the full model, and its paired change
+from the unhealed pruned model (``<metric>_healed_vs_pruned``), with the flips (`heal_columns`).
+`healed_point` is the healed model's own row, which the study grid writes as a row of its own.
+
 Each computed point is also recorded under its *context* (model, data, prompt, sample and explainer
 settings), so that the trade-off view can show every mask evaluated so far in that context.
 """
@@ -36,6 +42,9 @@ from ..task.recalibration import RECALIBRATION_VERSION, RECALIBRATORS
 from ..task.setup import Setup
 from ..task.uncertainty import Difference, Interval, mean_interval, paired_mean_difference, resample_counts
 from .compare import paired_stats
+from .heal_job import timed_heal
+from .healed import healed_setup, release_healed
+from .healing import HealConfig, heal_key
 from .repair import RepairComparison, repair_results
 from .sets import DEFAULT_ALPHA, DEFAULT_METHOD, check_settings, set_stats
 from .sets import KEYS as SET_KEYS
@@ -85,6 +94,42 @@ def repair_columns(methods: Sequence[str]) -> list[str]:
     return out
 
 
+HEALED = (*INTERVALS, *SET_INTERVALS)
+"""The metrics a sweep with healing (``PointConfig.heal``) writes for the healed model: ``<metric>_healed`` with
+the interval columns of `interval_columns` (its change from the full model), then its paired change from the
+unhealed pruned model (`heal_gain_columns`)."""
+HEAL_FLIPS = ("right_to_wrong", "wrong_to_right", "mcnemar_p")
+"""The healed model's flips against the full model (``right_to_wrong_healed``, ...), as the unhealed ones."""
+HEAL_NOTES = ("healed_right_to_wrong_vs_pruned", "healed_wrong_to_right_vs_pruned", "healed_mcnemar_p_vs_pruned",
+              "heal_loss_first", "heal_loss_last")
+"""The flips healing made against the unhealed pruned model, and the training loss of the first and the last five
+steps."""
+
+
+def healed_column(key: str) -> str:
+    """The column of metric ``key`` for the healed model: ``ece_healed``."""
+    return f"{key}_healed"
+
+
+def heal_gain_columns(key: str) -> list[str]:
+    """The healed model's paired change in ``key`` from the unhealed pruned model: value, 95% interval and p."""
+    base = f"{key}_healed_vs_pruned"
+    return [base, f"{base}_lo", f"{base}_hi", f"{base}_p"]
+
+
+HEALED_POINT_COLUMNS = [*[c for k in HEALED for c in heal_gain_columns(k)], *HEAL_NOTES]
+"""What a healed model's own row (`healed_point`) adds to `COLUMNS`: its changes from the unhealed pruned model."""
+
+
+def heal_columns() -> list[str]:
+    """The columns a sweep with healing adds: per metric of `HEALED`, ``<metric>_healed`` with its interval columns
+    and its `heal_gain_columns`; then the flips of `HEAL_FLIPS` (``right_to_wrong_healed``, ...) and `HEAL_NOTES`."""
+    out: list[str] = []
+    for key in HEALED:
+        out += [healed_column(key), *interval_columns(healed_column(key)), *heal_gain_columns(key)]
+    return [*out, *(healed_column(x) for x in HEAL_FLIPS), *HEAL_NOTES]
+
+
 def repaired_methods(table: pd.DataFrame) -> list[str]:
     """The repair methods a sweep table has columns for, in menu order."""
     return [m for m in RECALIBRATORS if repaired_column("ece", m) in table]
@@ -107,6 +152,13 @@ class PointConfig:
     """The prediction sets' conformal score (`core.task.conformal.METHODS`)."""
     repair: tuple[str, ...] = ()
     """Recalibration methods to fit on each mask's validation split (`repair_columns`); none by default."""
+    heal: HealConfig | None = None
+    """Heal each pruned mask with these settings and add the healed model's columns (`heal_columns`); None: no
+    healing (the default: it takes minutes per mask on a CPU)."""
+
+    def columns(self) -> list[str]:
+        """Every column a sweep with this config writes: `COLUMNS`, then the repair and the healing columns."""
+        return [*COLUMNS, *repair_columns(self.repair), *(heal_columns() if self.heal else [])]
 
 
 def mask_label(drop: Sequence[int]) -> str:
@@ -137,24 +189,31 @@ def _context_key(setup: Setup, config: PointConfig) -> str:
                      # only when set, so that the points recorded before the options existed stay found
                      **({"refit_head": True} if setup.refit_head else {}),
                      **({"repair": list(config.repair), "repair_version": RECALIBRATION_VERSION}
-                        if config.repair else {}))
+                        if config.repair else {}),
+                     # the adapters' key without a mask: the model, the training data and every setting
+                     **({"heal": heal_key(setup, (), config.heal)} if config.heal else {}))
 
 
 def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
-                   progress: StageProgress | None = None, next_masks: Sequence[Sequence[int]] = ()) -> dict:
-    """One row of `COLUMNS` for mask ``drop``; recorded among the context's points when the setup has a cache.
+                   progress: StageProgress | None = None, next_masks: Sequence[Sequence[int]] = (),
+                   full_setup: Setup | None = None) -> dict:
+    """One row of `COLUMNS` for mask ``drop`` (and `heal_columns` with ``config.heal``); recorded among the
+    context's points when the setup has a cache.
 
     Intervals and changes are paired against the full model on the same examples (`paired_stats`), so
     the full model is evaluated too (from the cache after the first time). ``next_masks``: the masks the
     caller evaluates next (a sweep's later steps), whose explanations then start from the hidden states
     this one keeps where they first differ (`core.model.states`; scoring keeps every layer anyway).
+    ``full_setup``: the setup whose unpruned model the changes are paired against, when it is not ``setup``'s
+    own (a healed model's point is compared with the original full model).
     """
     start = time.perf_counter()
     drop = validate_mask(drop, setup.lm.num_layers)
     e = replace(config.eval, drop=tuple(sorted(drop)))
     result = evaluate(setup, e, progress=(lambda d, t: progress("scoring", d, t)) if progress else None)
-    full = result if not drop else evaluate(setup, replace(e, drop=()),
-                                            progress=(lambda d, t: progress("full model", d, t)) if progress else None)
+    base = full_setup or setup
+    full = result if not drop and full_setup is None else evaluate(
+        base, replace(e, drop=()), progress=(lambda d, t: progress("full model", d, t)) if progress else None)
     stats = paired_stats(full, result)
     m, scaled = result.metrics, result.metrics_temperature_scaled
     row = {"dropped": len(drop), "layers": mask_label(drop), **{k: getattr(m, k) for k in
@@ -176,11 +235,12 @@ def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
     fresh = not result.cached  # the mask's own scores were computed here: its time is a fair estimate
     if config.explain is not None:
         later = [tuple(m) for m in next_masks]
-        faith = [dataset_faithfulness(DatasetExplainer(setup, mask, config.explain, e.split, next_masks=after),
+        sides = ([(base, (), "explaining the full model", [drop, *later] if full_setup is None else [])]
+                 if drop or full_setup is not None else []) + [(setup, drop, "explaining", later)]
+        faith = [dataset_faithfulness(DatasetExplainer(where, mask, config.explain, e.split, next_masks=after),
                                       result.examples[: config.faith_n],
                                       progress=(lambda d, t, s=stage: progress(s, d, t)) if progress else None)
-                 for mask, stage, after in ([((), "explaining the full model", [drop, *later])] if drop else [])
-                 + [(drop, "explaining", later)]]
+                 for where, mask, stage, after in sides]
         fresh = fresh and not faith[-1].cached
         s = faith[-1].summary()
         row.update(comprehensiveness=s["comprehensiveness"], sufficiency=s["sufficiency"],
@@ -192,9 +252,81 @@ def evaluate_point(setup: Setup, drop: Sequence[int], config: PointConfig,
             values = np.array([r[key] for r in rows])
             _put_intervals(row, key, mean_interval(values, counts),
                            paired_mean_difference(np.array([r[key] for r in base_rows]), values, counts))
+    if config.heal is not None:
+        row.update(dict.fromkeys(heal_columns()))
+        if drop:  # the full model has nothing to heal
+            healed, from_cache = _healed_point(setup, drop, config, progress)
+            fresh = fresh and not from_cache
+            _put_heal(row, healed)
     row["seconds"] = time.perf_counter() - start
     record_point(setup, config, row, timed=fresh)
     return row
+
+
+def healed_point(setup: Setup, drop: Sequence[int], config: PointConfig, progress: StageProgress | None = None
+                 ) -> dict:
+    """The healed model's row for mask ``drop``: `COLUMNS` for the model healed with ``config.heal`` under the mask
+    (its changes from the original full model), then `HEALED_POINT_COLUMNS` (its paired changes from the unhealed
+    pruned model, the flips healing made, the training loss). The adapters come from the cache when trained before.
+
+    Healing takes minutes per mask on a CPU; ``progress`` hears it as the stage "healing", step by step.
+    """
+    return _healed_point(setup, drop, config, progress)[0]
+
+
+def _healed_point(setup: Setup, drop: Sequence[int], config: PointConfig, progress: StageProgress | None
+                  ) -> tuple[dict, bool]:
+    """`healed_point`'s row, and whether its adapters came from the cache."""
+    if config.heal is None:
+        raise UserError("a healed point needs healing settings (PointConfig.heal)")
+    start = time.perf_counter()
+    drop = validate_mask(drop, setup.lm.num_layers)
+    trained = timed_heal(setup, drop, config.heal, progress=(
+        lambda s: progress(f"healing, step {s.step} of {s.total}", s.step, s.total)) if progress else None)
+    hs = healed_setup(setup, trained)
+    try:
+        plain = replace(config, heal=None)
+        row = evaluate_point(hs, drop, plain, progress, full_setup=setup)
+        e = replace(config.eval, drop=tuple(sorted(drop)))
+        pruned, healed = evaluate(setup, e), evaluate(hs, e)  # both from the cache now
+        stats = paired_stats(pruned, healed)
+        for key in INTERVALS:
+            diff = stats.scaled_difference.get("ece") if key == "ece_temperature_scaled" else stats.difference.get(key)
+            _put_gain(row, key, diff)
+        sets = _set_columns(pruned, healed, config)
+        for key in SET_INTERVALS:
+            _, _, value, lo, hi, p = interval_columns(key)
+            row.update(zip(heal_gain_columns(key), (sets[value], sets[lo], sets[hi], sets[p]), strict=True))
+        if config.explain is not None:
+            examples = pruned.examples[: config.faith_n]
+            rows = [dataset_faithfulness(DatasetExplainer(where, drop, config.explain, e.split), examples).per_example()
+                    for where in (setup, hs)]
+            counts = resample_counts(len(rows[0]), seed=0)
+            for key in FAITHFULNESS:
+                _put_gain(row, key, paired_mean_difference(*(np.array([r[key] for r in side]) for side in rows),
+                                                           counts))
+        m = stats.mcnemar
+        first, last = trained.loss_change() or (None, None)
+        row.update(zip(HEAL_NOTES, (m.right_to_wrong, m.wrong_to_right, m.p_value, first, last), strict=True))
+    finally:
+        release_healed(hs.lm)
+    row["seconds"] = time.perf_counter() - start
+    return row, trained.cached
+
+
+def _put_gain(row: dict, key: str, diff: Difference | None) -> None:
+    values = [None] * 4 if diff is None else [diff.value, diff.lo, diff.hi, diff.p_value]
+    row.update(zip(heal_gain_columns(key), values, strict=True))
+
+
+def _put_heal(row: dict, healed: dict) -> None:
+    """A pruned point's healing columns from the healed model's own row (`healed_point`)."""
+    for key in HEALED:
+        row[healed_column(key)] = healed[key]
+        row.update(zip(interval_columns(healed_column(key)), (healed[c] for c in interval_columns(key)), strict=True))
+        row.update((c, healed[c]) for c in heal_gain_columns(key))
+    row.update((healed_column(x), healed[x]) for x in HEAL_FLIPS)
+    row.update((x, healed[x]) for x in HEAL_NOTES)
 
 
 def readable(table: pd.DataFrame, keys: Sequence[str] = ("accuracy", "ece", "smooth_ece", "comprehensiveness",
@@ -257,6 +389,31 @@ def _put_repairs(row: dict, repairs: RepairComparison) -> None:
         row[repaired_column("changed", r.method)] = r.changed if r.fitted else None
 
 
+def readable_heal(table: pd.DataFrame, keys: Sequence[str] = ("accuracy", "ece", "smooth_ece", "comprehensiveness",
+                                                                 "sufficiency")) -> pd.DataFrame | None:
+    """One row per pruned mask of a sweep table with healing columns: per metric, the healed model's value with its
+    95% interval, its change from the full model and from the unhealed pruned model, each with the paired interval
+    and a verdict (None without healing columns)."""
+    if healed_column("accuracy") not in table:
+        return None
+    rows = table[table["dropped"] > 0] if "dropped" in table else table
+    out = rows[[c for c in ("dropped", "layers") if c in rows]].copy()
+    for key in keys:
+        column = healed_column(key)
+        if column not in rows or rows[column].isna().all():
+            continue
+        m = METRICS[key]
+        lo, hi, ch, clo, chi, p = interval_columns(column)
+        gain, glo, ghi, gp = heal_gain_columns(key)
+        out[f"{m.title}, healed"] = [f"{r[column]:.3f} [{r[lo]:.3f}, {r[hi]:.3f}]" if pd.notna(r[column]) else ""
+                                     for _, r in rows.iterrows()]
+        for title, (v, a, b, q) in (("from full", (ch, clo, chi, p)), ("from pruned", (gain, glo, ghi, gp))):
+            out[f"{m.title}, healed: change {title}"] = [
+                f"{r[v]:+.3f} [{r[a]:+.3f}, {r[b]:+.3f}] {m.verdict(r[v], r[a] > 0 or r[b] < 0, r[q])}"
+                if pd.notna(r[v]) else "" for _, r in rows.iterrows()]
+    return out
+
+
 def readable_repairs(table: pd.DataFrame) -> pd.DataFrame | None:
     """One row per mask of a sweep table with repair columns: per method, its ECE after repair with the 95%
     interval, its change from the full model with the paired interval, and its verdict (None without repairs)."""
@@ -312,10 +469,9 @@ def _points(stored: dict) -> dict[str, dict]:
 
 def points(setup: Setup, config: PointConfig) -> pd.DataFrame:
     """Every mask evaluated so far in this context, one row each (`COLUMNS` less the timings, and the context's
-    `repair_columns`)."""
+    `repair_columns` and `heal_columns`)."""
     stored = (setup.cache.load(_context_key(setup, config), _points) if setup.cache is not None else None) or {}
-    table = pd.DataFrame(list(stored.values()),
-                         columns=[*(c for c in COLUMNS if c not in TIMINGS), *repair_columns(config.repair)])
+    table = pd.DataFrame(list(stored.values()), columns=[c for c in config.columns() if c not in TIMINGS])
     return table.sort_values(["dropped", "layers"]).reset_index(drop=True)
 
 
@@ -347,7 +503,7 @@ def sweep(setup: Setup, order: Sequence[int], max_drop: int, config: PointConfig
     the FLOP count alone gives (`core.model.efficiency.compare_latency`).
     """
     return pd.DataFrame(list(sweep_steps(setup, order, max_drop, config, progress, latency)),
-                        columns=[*COLUMNS, *repair_columns(config.repair)])
+                        columns=config.columns())
 
 
 @dataclass(frozen=True)
