@@ -51,7 +51,7 @@ check: setup
 	$(BIN)/python -m pytest -ra -m "not slow"
 
 screenshots: setup browser
-	$(BIN)/python -m pytest -q tests/test_browser.py
+	$(BIN)/python -m pytest -q tests/app/test_browser.py
 	mkdir -p docs/img
 	cp artifacts/app-start-tour.png artifacts/app-calibration-pruned.png artifacts/app-explanations.png docs/img/
 

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from core.model.loading import cpu_bf16
 
 pytestmark = pytest.mark.slow
-APP = str(Path(__file__).parent.parent / "app.py")
+APP = str(Path(__file__).parents[2] / "app.py")
 PAGES = ["views/calibration.py", "views/start.py", "views/explanations.py", "views/tradeoffs.py", "views/sets.py",
          "views/learn.py"]
 
@@ -45,8 +45,8 @@ def test_every_page_renders_without_an_exception(app: AppTest) -> None:
         app.switch_page(page).run()
         assert not app.exception, (page, app.exception)
         assert not _errors(app), (page, _errors(app))
-        # the Explanations view explains only on request (tests/test_app_explanations.py); with no layer dropped,
-        # the start view draws no chart before its tour's sweep (tests/test_app_guided.py)
+        # the Explanations view explains only on request (tests/app/test_app_explanations.py); with no layer dropped,
+        # the start view draws no chart before its tour's sweep (tests/app/test_app_guided.py)
         assert app.main.get("plotly_chart") or page.endswith(("tradeoffs.py", "explanations.py", "start.py")), page
     # the Learn view (the last one) says it uses its own mask and offers to apply it
     assert any("uses its own mask" in i.value for i in app.info)
