@@ -15,6 +15,7 @@ from here too. `healed_point` is the healed model's own row, which the study gri
 Each computed point is also recorded under its *context* (model, data, prompt, sample and explainer
 settings), so that the trade-off view can show every mask evaluated so far in that context.
 """
+
 from __future__ import annotations
 
 import threading
