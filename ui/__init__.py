@@ -3,6 +3,7 @@
 * `ui.state`: the session's selection (`Context`, which holds the core `Setup`) and its mirror in the URL;
 * `ui.sidebar`: the shared sidebar (model and data pickers, the encoder's head, the layer panel, the
   efficiency readout) and `context`, the selection a view draws from;
+* `ui.readouts`: the sidebar's readouts of the mask (efficiency, latency after the page, prefetched masks);
 * `ui.widgets`: error display, progress bars, charts, tables with downloads and metric tiles;
 * `ui.repair`: the Calibration view's Repair section and its overlay on the reliability diagram.
 """

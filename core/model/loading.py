@@ -12,6 +12,9 @@ Three presets install from package registries, so they run with no model hub:
 
 Hub models load from the local hub cache when they are there; otherwise the hub is contacted only
 when it is reachable, and an unreachable hub fails at once with a message (no hang, no retries).
+
+What a loaded model is (`LoadedModel`, `wrap_model`) lives in `core.model.loaded`, and the dtypes,
+devices and CPU bf16 check (`DTYPES`, `cpu_bf16`) in `core.model.devices`; both are imported from here too.
 """
 
 from __future__ import annotations
@@ -21,21 +24,18 @@ import importlib.util
 import os
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import xxhash
 from filelock import FileLock
-from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from ..errors import OfflineError, UserError
 from ..settings import home
-from .architectures import ArchSpec, spec_for_family
-from .pruning import install
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .architectures import spec_for_family
+from .devices import BF16_FLAGS, DTYPES, _check_dtype_device, cpu_bf16  # noqa: F401 - imported from here
+from .loaded import LoadedModel, model_summary, wrap_model  # noqa: F401 - imported from here
 
 
 @dataclass(frozen=True)
@@ -100,34 +100,6 @@ PRESETS: tuple[ModelPreset, ...] = (
 )
 DEFAULT_MODEL = PRESETS[0].name
 _BY_NAME = {p.name: p for p in PRESETS}
-
-
-@dataclass
-class LoadedModel:
-    """A loaded model shared by every caller; masks are applied per call (see `core.pruning`)."""
-
-    name: str
-    model: nn.Module
-    tokenizer: PreTrainedTokenizerBase
-    spec: ArchSpec
-    fingerprint: str
-    dtype: str
-    device: str
-    source: str
-    num_layers: int
-    has_chat_template: bool
-    max_positions: int
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def task(self) -> str:
-        """'causal-lm' answers through next-token probabilities; 'classifier' (an encoder) through a trained head."""
-        return "classifier" if self.spec.encoder else "causal-lm"
-
-    @property
-    def id(self) -> str:
-        """What identifies this model's weights in cache keys."""
-        return f"{self.name}@{self.fingerprint}"
 
 
 def _module_file(rel: str) -> Path | None:
@@ -290,77 +262,9 @@ def resolve(name_or_path: str) -> tuple[str, str]:
     return name_or_path, name_or_path
 
 
-def _weights_fingerprint(model: nn.Module) -> str:
-    h = xxhash.xxh3_128()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 _REGISTRY: dict[tuple[str, str, str], LoadedModel] = {}
 _REGISTRY_LOCK = threading.Lock()
 _KEY_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
-
-
-BF16_FLAGS = {"avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16", "bf16": "Arm BF16"}
-"""/proc/cpuinfo flags of native bf16 matrix instructions, and their names."""
-
-
-def cpu_bf16(cpuinfo: str | None = None) -> tuple[bool, str]:
-    """Whether this CPU multiplies bf16 matrices natively, and why (or why not), in words.
-
-    Read from the ``flags`` (x86) or ``Features`` (Arm) lines of /proc/cpuinfo (``cpuinfo`` replaces the
-    file, for tests). Without such an instruction set, torch emulates bf16 and it runs slower than fp32.
-    """
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False, "this system does not say which instructions its CPU has (no /proc/cpuinfo)"
-    flags = {f for line in cpuinfo.splitlines() if line.split(":", 1)[0].strip() in ("flags", "Features")
-             for f in line.split(":", 1)[-1].split()}
-    found = [name for flag, name in BF16_FLAGS.items() if flag in flags]
-    if found:
-        return True, f"this CPU has {' and '.join(found)}: bf16 runs natively, about twice as fast as fp32"
-    return False, ("this CPU has no bf16 matrix instructions (AVX512-BF16, AMX or Arm BF16), so bf16 would be "
-                   "emulated and slower than fp32")
-
-
-def _check_dtype_device(dtype: str, device: str, here: bool = True) -> None:
-    """A known dtype and device; with ``here``, a CUDA device must also exist on this machine."""
-    if dtype not in DTYPES:
-        raise UserError(f"unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}")
-    if device not in {"cpu", "cuda", "auto"} and not device.startswith("cuda:"):
-        raise UserError(f"unknown device '{device}'; use cpu, cuda, cuda:N or auto (spread over every GPU)")
-    if here and device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("device 'cuda' was asked for, but no CUDA GPU is available here; use cpu")
-
-
-def wrap_model(
-    name: str, model: nn.Module, tokenizer: PreTrainedTokenizerBase, source: str = "memory"
-) -> LoadedModel:
-    """Wrap an already-built model (a notebook's, or a test's) so the rest of `core` can use it."""
-    spec = install(model)
-    model.eval()
-    param = next(model.parameters())
-    dtype = {v: k for k, v in DTYPES.items()}.get(param.dtype, str(param.dtype))
-    config = model.config
-    return LoadedModel(
-        name=name,
-        model=model,
-        tokenizer=tokenizer,
-        spec=spec,
-        fingerprint=_weights_fingerprint(model),
-        dtype=dtype,
-        device=str(param.device),
-        source=source,
-        num_layers=len(spec.layer_list(model)),
-        has_chat_template=bool(getattr(tokenizer, "chat_template", None)),
-        max_positions=int(
-            getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048)
-        ),
-    )
 
 
 def _reachable(name_or_path: str, where: str) -> str:
@@ -468,16 +372,3 @@ def release_model(lm: LoadedModel) -> None:
             del _REGISTRY[key]
     if lm.device.startswith("cuda"):
         torch.cuda.empty_cache()
-
-
-def model_summary(lm: LoadedModel) -> dict[str, object]:
-    n_params = sum(p.numel() for p in lm.model.parameters())
-    return {
-        "name": lm.name,
-        "family": lm.spec.family,
-        "parameters": n_params,
-        "layers": lm.num_layers,
-        "dtype": lm.dtype,
-        "device": lm.device,
-        "fingerprint": lm.fingerprint,
-    }
