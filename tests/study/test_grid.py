@@ -188,7 +188,6 @@ def test_faithfulness_points_carry_one_row_per_explainer(grid_inputs, tmp_path) 
 @pytest.mark.slow
 def test_ray_gives_the_local_rows_and_survives_a_killed_worker(grid_inputs, tmp_path) -> None:
     import ray
-
     import torch
 
     spec = _spec(grid_inputs)
