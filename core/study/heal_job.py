@@ -18,7 +18,6 @@ say what it will cost and let it run without holding the page:
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from ..cache import cache_key
 from ..errors import UserError
 from ..progress import TrainingStep, TrainProgress
 from ..task.setup import Setup
+from .background import BackgroundJob
 from .healing import HealConfig, HealResult, cached_steps, check_healable, heal, heal_key
 from .prefetch import PREFETCHER
 
@@ -143,7 +143,7 @@ def require_causal(setup: Setup) -> None:
     check_healable(setup.lm, (0,))
 
 
-class HealJob:
+class HealJob(BackgroundJob):
     """`heal` of one mask in a daemon thread: step, loss and ETA while it trains, `stop` after the current step."""
 
     def __init__(self, setup: Setup, drop: Sequence[int], config: HealConfig) -> None:
@@ -151,35 +151,12 @@ class HealJob:
         self.drop = check_healable(setup.lm, drop)
         self.setup, self.config = setup, config
         self.key = heal_key(setup, self.drop, config)
-        self.started = time.time()
-        self.finished: float | None = None
         self.first_step = cached_steps(setup, self.drop, config)
         """The step it starts from (a stopped run's checkpoint)."""
         self.last: TrainingStep | None = None
         self.result: HealResult | None = None
         self.error: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heal", daemon=True)
-
-    def start(self) -> HealJob:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the job to end; whether it has."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    @property
-    def running(self) -> bool:
-        return self.finished is None
-
-    @property
-    def stopped(self) -> bool:
-        return self._stop.is_set()
+        super().__init__("heal")
 
     @property
     def complete(self) -> bool:

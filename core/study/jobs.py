@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..errors import Cancelled, UserError
 from ..task.setup import Setup
+from .background import BackgroundJob
 from .prefetch import PREFETCHER
 from .strategies import StrategyConfig, layer_order
 from .sweep import COLUMNS, PointConfig, mask_label, points, sweep_steps
@@ -45,7 +46,7 @@ def remaining(elapsed: float, done: float, total: float) -> str:
     return f"about {left:.0f} s left" if left < 90 else f"about {left / 60:.0f} min left"
 
 
-class SweepJob:
+class SweepJob(BackgroundJob):
     """`sweep` of one strategy's order in a daemon thread; `stop` asks it to end at the next batch."""
 
     def __init__(self, setup: Setup, strategy: StrategyConfig, max_drop: int, config: PointConfig,
@@ -58,39 +59,16 @@ class SweepJob:
         self.order: list[int] | None = list(order) if order is not None else None
         self.rows: list[dict] = []
         self.error: str | None = None
-        self.started = time.time()
-        self.finished: float | None = None
         self.lines = [MaskStatus(k, mask_label(self.order[:k]) if self.order is not None else "?")
                       for k in range(max_drop + 1)]
         self.stage = ""
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="sweep", daemon=True)
-
-    def start(self) -> SweepJob:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the job to end; whether it has."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    @property
-    def running(self) -> bool:
-        return self.finished is None
+        super().__init__("sweep")
 
     @property
     def done(self) -> int:
         """How many masks are done (computed or read from the cache)."""
         return sum(1 for line in self.lines if line.state in ("computed", "from the cache"))
-
-    @property
-    def stopped(self) -> bool:
-        return self._stop.is_set()
 
     def status(self) -> pd.DataFrame:
         """One line per mask: layers dropped, the mask, its state and seconds."""
