@@ -61,7 +61,7 @@ def noise_floor(probs: np.ndarray, labels: np.ndarray, n_bins: int = cal.DEFAULT
     for key in NOISE_FLOOR_KEYS:
         observed = float(getattr(report, key))
         d = _fixed(key, conf, residual, order, n_bins, observed)  # the same simulations as test inversion's at 0
-        out[key] = NoiseFloor(key, float(d.mean()), float(np.quantile(d, LEVEL)), float(getattr(report, key)))
+        out[key] = NoiseFloor(key, float(d.mean()), float(np.quantile(d, LEVEL)), observed)
     return out
 
 
