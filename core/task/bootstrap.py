@@ -24,7 +24,10 @@ Shared by the prediction-set (`core.task.conformal`) and selective-prediction
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -51,6 +54,37 @@ def difference(value: float, draws: np.ndarray, level: float = LEVEL) -> Differe
         far = np.sum(draws <= 0) if value > 0 else np.sum(draws >= 0)
         p = min(1.0, 2 * (float(far) + 1) / (len(draws) + 1))
     return Difference(value, min(lo, value), max(hi, value), p)
+
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class PairedReports(Generic[R]):
+    """Two models' reports on the same examples (prediction sets, or abstention): each side's intervals, and
+    the paired differences (other - base) on shared resamples."""
+
+    base: R
+    other: R
+    base_intervals: dict[str, Interval]
+    other_intervals: dict[str, Interval]
+    differences: dict[str, Difference]
+
+    def as_dict(self) -> dict:
+        return {"base": self.base.as_dict(), "other": self.other.as_dict(),
+                "base_intervals": {k: v.as_dict() for k, v in self.base_intervals.items()},
+                "other_intervals": {k: v.as_dict() for k, v in self.other_intervals.items()},
+                "differences": {k: v.as_dict() for k, v in self.differences.items()}}
+
+
+def paired_reports(base: R, other: R, base_draws: Mapping[str, Any], other_draws: Mapping[str, Any],
+                   keys: Sequence[str]) -> PairedReports[R]:
+    """Each side's `interval` and the paired `difference` of every metric of ``keys`` (a report's attribute),
+    from per-resample draws on the same resamples."""
+    return PairedReports(
+        base, other, {k: interval(getattr(base, k), base_draws[k]) for k in keys},
+        {k: interval(getattr(other, k), other_draws[k]) for k in keys},
+        {k: difference(getattr(other, k) - getattr(base, k), other_draws[k] - base_draws[k]) for k in keys})
 
 
 def exact_fraction(x: float | str | Fraction, name: str) -> Fraction:

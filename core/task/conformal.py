@@ -49,8 +49,8 @@ from fractions import Fraction
 import numpy as np
 
 from ..errors import UserError
-from .bootstrap import ceil_fraction, difference, exact_fraction, interval
-from .uncertainty import N_RESAMPLES, Difference, Interval, resample_counts
+from .bootstrap import PairedReports, ceil_fraction, exact_fraction, interval, paired_reports
+from .uncertainty import N_RESAMPLES, Interval, resample_counts
 
 DEFAULT_ALPHA = 0.1
 RAPS_LAMBDA = 0.01
@@ -398,21 +398,8 @@ def conformal_intervals(val_probs: np.ndarray, val_labels: np.ndarray, test_prob
     return report, {key: interval(getattr(report, key), draws[key]) for key in KEYS}
 
 
-@dataclass(frozen=True)
-class PairedSets:
-    """Two models' sets on the same examples: each side's report and intervals, and the differences (other - base)."""
-
-    base: SetReport
-    other: SetReport
-    base_intervals: dict[str, Interval]
-    other_intervals: dict[str, Interval]
-    differences: dict[str, Difference]
-
-    def as_dict(self) -> dict:
-        return {"base": self.base.as_dict(), "other": self.other.as_dict(),
-                "base_intervals": {k: v.as_dict() for k, v in self.base_intervals.items()},
-                "other_intervals": {k: v.as_dict() for k, v in self.other_intervals.items()},
-                "differences": {k: v.as_dict() for k, v in self.differences.items()}}
+PairedSets = PairedReports
+"""Full against pruned prediction sets: `PairedReports` of two `SetReport`."""
 
 
 def paired_conformal(val_base: np.ndarray, val_other: np.ndarray, val_labels: np.ndarray, test_base: np.ndarray,
@@ -431,7 +418,4 @@ def paired_conformal(val_base: np.ndarray, val_other: np.ndarray, val_labels: np
         reports.append(_report(s, labels, k, a, m.key, float(alpha)))
         draws.append(_draws(s, labels, k, float(1 - a), val_counts, test_counts))
     (ra, rb), (da, db) = reports, draws
-    return PairedSets(
-        ra, rb, {key: interval(getattr(ra, key), da[key]) for key in KEYS},
-        {key: interval(getattr(rb, key), db[key]) for key in KEYS},
-        {key: difference(getattr(rb, key) - getattr(ra, key), db[key] - da[key]) for key in KEYS})
+    return paired_reports(ra, rb, da, db, KEYS)

@@ -41,8 +41,8 @@ from fractions import Fraction
 import numpy as np
 
 from ..errors import UserError
-from .bootstrap import ceil_fraction, difference, exact_fraction, interval
-from .uncertainty import N_RESAMPLES, Difference, Interval, resample_counts
+from .bootstrap import PairedReports, ceil_fraction, exact_fraction, interval, paired_reports
+from .uncertainty import N_RESAMPLES, Interval, resample_counts
 
 DEFAULT_TARGET = 0.05
 COVERAGES = (50, 80, 90)
@@ -222,21 +222,8 @@ def selective_intervals(probs: np.ndarray, labels: np.ndarray, target: float | s
     return report, {k: interval(getattr(report, k), draws[k]) for k in KEYS}
 
 
-@dataclass(frozen=True)
-class PairedSelective:
-    """Two models on the same examples: each side's report and intervals, and the differences (other - base)."""
-
-    base: SelectiveReport
-    other: SelectiveReport
-    base_intervals: dict[str, Interval]
-    other_intervals: dict[str, Interval]
-    differences: dict[str, Difference]
-
-    def as_dict(self) -> dict:
-        return {"base": self.base.as_dict(), "other": self.other.as_dict(),
-                "base_intervals": {k: v.as_dict() for k, v in self.base_intervals.items()},
-                "other_intervals": {k: v.as_dict() for k, v in self.other_intervals.items()},
-                "differences": {k: v.as_dict() for k, v in self.differences.items()}}
+PairedSelective = PairedReports
+"""Full against pruned abstention: `PairedReports` of two `SelectiveReport`."""
 
 
 def paired_selective(probs_base: np.ndarray, probs_other: np.ndarray, labels: np.ndarray,
@@ -248,10 +235,7 @@ def paired_selective(probs_base: np.ndarray, probs_other: np.ndarray, labels: np
     base, other = selective_report(probs_base, labels, target), selective_report(probs_other, labels, target)
     counts = resample_counts(base.n, n_resamples, seed)
     da, db = selective_draws(probs_base, labels, counts, target), selective_draws(probs_other, labels, counts, target)
-    return PairedSelective(
-        base, other, {k: interval(getattr(base, k), da[k]) for k in KEYS},
-        {k: interval(getattr(other, k), db[k]) for k in KEYS},
-        {k: difference(getattr(other, k) - getattr(base, k), db[k] - da[k]) for k in KEYS})
+    return paired_reports(base, other, da, db, KEYS)
 
 
 def risk_draws(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray, ks: np.ndarray) -> np.ndarray:
