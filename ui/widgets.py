@@ -103,6 +103,14 @@ LIVE_RESAMPLES = 200
 """Bootstrap resamples for the intervals shown while a sample is coming in (the final ones use 1,000)."""
 
 
+def live_tiles(intervals: dict, keys: tuple[str, ...], done: int) -> None:
+    """One "so far" tile per metric of ``keys`` with its interval on the ``done`` examples scored yet."""
+    for col, key in zip(st.columns(len(keys)), keys, strict=True):
+        iv = intervals[key]
+        col.metric(f"{METRICS[key].title} so far", f"{iv.value:.3f}", help=METRICS[key].meaning)
+        col.caption(f"95% CI {iv.lo:.3f} to {iv.hi:.3f} on {done}")
+
+
 @contextlib.contextmanager
 def live_results() -> Iterator[Callable[[str, PartialResult], None]]:
     """A ``partial`` callback for `compare_results`: while a side is scored, its first numbers, their 95%
@@ -118,10 +126,7 @@ def live_results() -> Iterator[Callable[[str, PartialResult], None]]:
             st.markdown(f"**{name}: {p.done} of {p.total} examples in** after {time.perf_counter() - start:.1f} s. "
                         "First numbers on a part of the sample spread over every input length; the intervals narrow "
                         "as the rest arrives.")
-            for col, key in zip(st.columns(len(LIVE_TILES)), LIVE_TILES, strict=True):
-                iv = intervals[key]
-                col.metric(f"{METRICS[key].title} so far", f"{iv.value:.3f}", help=METRICS[key].meaning)
-                col.caption(f"95% CI {iv.lo:.3f} to {iv.hi:.3f} on {p.done}")
+            live_tiles(intervals, LIVE_TILES, p.done)
             st.plotly_chart(reliability_diagram({f"{name}, {p.done} of {p.total}":
                                                  banded_reliability_table(p.probs, p.labels)}),
                             key=f"live-{name}-{p.done}", width="stretch", config={"displaylogo": False})

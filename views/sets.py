@@ -21,7 +21,7 @@ from core.task.conformal import METHODS
 from core.task.evaluation import PartialResult
 from ui import heal
 from ui.state import ALPHA_RANGE
-from ui.widgets import LIVE_RESAMPLES
+from ui.widgets import LIVE_RESAMPLES, live_tiles
 
 ctx = ui.context()
 RECENT = 8  # comparisons a session keeps, shared with the Calibration view (a bare string here would be drawn)
@@ -44,10 +44,7 @@ def live_abstention() -> Iterator[Callable[[str, PartialResult], None]]:
             st.markdown(f"**{name}: {p.done} of {p.total} examples in** after {time.perf_counter() - start:.1f} s. "
                         "Abstention so far; the prediction sets need the validation examples, scored after these, "
                         "and show once they are in.")
-            for col, key in zip(st.columns(len(LIVE)), LIVE, strict=True):
-                iv = intervals[key]
-                col.metric(f"{METRICS[key].title} so far", f"{iv.value:.3f}", help=METRICS[key].meaning)
-                col.caption(f"95% CI {iv.lo:.3f} to {iv.hi:.3f} on {p.done}")
+            live_tiles(intervals, LIVE, p.done)
 
     try:
         yield show

@@ -17,6 +17,13 @@ from ..errors import UserError
 from .loading import LoadedModel
 
 log = logging.getLogger(__name__)
+
+
+def release_memory() -> None:
+    """Give back what an out-of-memory step left allocated, before it is retried in smaller batches."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 MAX_BATCH = 256
 MEMORY_SHARE = 0.6
 """The share of the free GPU memory a batch's activations and KV cache may take."""
@@ -65,9 +72,7 @@ def run_batched(order: Sequence[int], size: int, step: Callable[[list[int]], Non
                 raise UserError("out of GPU memory with one example per batch: use bf16, a shorter "
                                 "--max-input-tokens, or a GPU with more memory") from None
             size = max(1, size // 2)
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            release_memory()
             log.warning("out of memory: retrying with batches of %d", size)
             continue
         start += len(rows)

@@ -9,7 +9,6 @@ micro-batches on running out of memory) on the learning-rate schedule `learning_
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import logging
 import math
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 
 from ..cache import cache_key
 from ..errors import UserError
+from ..model.batching import release_memory
 from ..model.loading import LoadedModel
 from ..model.pruning import validate_mask
 from ..task.prompts import PromptBuilder, candidate_mask
@@ -265,7 +265,5 @@ def accumulate(rows: list[int], micro: int, loss_of: Callable[[list[int]], torch
                 raise UserError("out of memory with one row per batch: use bf16, a smaller --seq-len, or a "
                                 "device with more memory") from None
             micro = max(1, micro // 2)
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            release_memory()
             log.warning("out of memory while healing: retrying the step in batches of %d", micro)
