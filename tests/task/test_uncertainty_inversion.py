@@ -213,3 +213,66 @@ def test_the_bootstrap_candidates_by_hand() -> None:
     z0 = norm.ppf(400.5 / 1001)  # 400 draws below the value, one at it
     levels = norm.cdf([2 * z0 - 1.959964, 2 * z0 + 1.959964])  # z0 + (z0 + z) / (1 - 0)
     assert shifted == pytest.approx(tuple(np.quantile(draws, levels)), abs=1e-6)
+
+
+def test_the_quantile_curves_interpolation_is_scipys_pchip() -> None:
+    from scipy.interpolate import PchipInterpolator
+
+    rng = np.random.default_rng(29)
+    for case in range(400):
+        n = int(rng.integers(2, 10))
+        x = np.sort(rng.choice(np.arange(20) * 0.5, n, replace=False)).astype(float)
+        y = rng.normal(0, 1, n) * (rng.random(n) < 0.7)  # flat stretches and sign changes, as running maxima have
+        y = np.maximum.accumulate(y) if case % 2 else np.round(y, 0 if case % 3 == 0 else 3)
+        j = int(rng.integers(1, n))
+        at = np.linspace(x[j - 1], x[j], 65)
+        assert inv._pchip_segment(x, y, j, at) == pytest.approx(PchipInterpolator(x, y)(at), abs=1e-12), case
+
+
+def test_a_pair_that_never_disagrees_reuses_the_other_sides_simulations_and_gets_the_same_interval() -> None:
+    probs, labels = _binary(120, seed=7)
+    sharper = probs**2 / (probs**2).sum(axis=1, keepdims=True)  # the same answers, more confident
+    base, other = (_path("smooth_ece", p, labels, sims=200) for p in (probs, sharper))
+    coupled = inv.couple(base, other, np.random.default_rng(0))
+    assert coupled is base.uniforms  # no disagreement to make: every uniform kept
+    reused = inv._Paired(base, other, coupled)
+    assert reused.own
+    fresh = inv._Paired(base, other, coupled)
+    fresh.own = False  # simulate on the coupled uniforms, as when the sides disagree
+    fresh._kept.clear()
+    fresh._other.clear()
+    assert reused.difference() == fresh.difference()
+
+
+def test_the_grid_built_node_by_node_gives_the_crossings_of_the_whole_grid() -> None:
+    from scipy.interpolate import PchipInterpolator
+
+    def whole(grid: inv._Grid, quantile, target: float) -> float:  # the crossing as it was: every node first
+        i = 0
+        while grid.node(i) is not None:
+            i += 1
+        lams = grid.lams
+        q = np.maximum.accumulate([quantile(lam) for lam in lams])
+        if q[0] >= target:
+            return lams[0]
+        if q[-1] < target:
+            return lams[-1]
+        j = int(np.argmax(q >= target))
+        fine = np.linspace(lams[j - 1], lams[j], inv._FINE + 1)
+        curve = np.maximum.accumulate(PchipInterpolator(lams, q)(fine))
+        m = max(int(np.argmax(curve >= target)), 1)
+        a, b = curve[m - 1], curve[m]
+        return float(fine[m - 1] + (fine[m] - fine[m - 1]) * ((target - a) / (b - a) if b > a else 1.0))
+
+    for seed, slope in ((1, 0.7), (2, 1.0), (3, 0.2), (4, 1.6)):
+        probs, labels = _binary(80, seed=seed, slope=slope)
+        for key in ("ece", "smooth_ece"):
+            path = _path(key, probs, labels, sims=200, seed=seed)
+            for p in (0.025, 0.005, 0.2):
+                for q in (p, 1 - p):
+                    def quantile(lam: float, q: float = q, path: inv._Path = path) -> float:
+                        return inv._quantile(path.draws(lam), q)
+
+                    lazy = inv._crossing(path.grid(path.draws, path.value), quantile, path.value)
+                    assert lazy == pytest.approx(whole(path.grid(path.draws, path.value), quantile, path.value),
+                                                 abs=1e-12), (seed, key, q)

@@ -53,7 +53,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
-from scipy.interpolate import PchipInterpolator
 
 from .. import calibration as cal
 from .intervals import LEVEL, Difference
@@ -105,6 +104,7 @@ class _Path:
         self._values: dict[float, np.ndarray] = {}
         self._sorted: dict[float, np.ndarray] = {}
         self._truths: dict[float, float] = {}
+        self._grid: _Grid | None = None
 
     def curve(self, lam: float) -> np.ndarray:
         return np.clip(self.conf + lam * self.direction, 0.0, 1.0)
@@ -143,17 +143,40 @@ class _Path:
             self._sorted[lam] = np.sort(self.values(lam))
         return self._sorted[lam]
 
-    def grid(self, statistic: Callable[[float], np.ndarray], target: float) -> list[float]:
-        """``_GRID``, extended while the 2.5% quantile of ``statistic(lam)`` (sorted) is below ``target``
-        and the hypotheses still change (a curve clipped everywhere at 0 or 1 changes no more)."""
-        lams = list(_GRID)
-        for lam in _EXTEND:
-            if _quantile(statistic(lams[-1]), (1 - LEVEL) / 2) >= target:
-                break
-            if np.array_equal(self.curve(lam), self.curve(lams[-1])):
-                break
-            lams.append(lam)
-        return lams
+    def grid(self, statistic: Callable[[float], np.ndarray], target: float) -> _Grid:
+        """The grid of ``lam`` for ``statistic`` (sorted simulated values) against ``target`` (see `_Grid`)."""
+        return _Grid(self, statistic, target)
+
+    def own_grid(self) -> _Grid:
+        """The grid of the path's own simulations against its estimate (kept: every use shares its nodes)."""
+        if self._grid is None:
+            self._grid = self.grid(self.draws, self.value)
+        return self._grid
+
+
+class _Grid:
+    """``_GRID``, extended while the 2.5% quantile of ``statistic(lam)`` (sorted) is below ``target`` and the
+    hypotheses still change (a curve clipped everywhere at 0 or 1 changes no more).
+
+    Built node by node as the crossings ask for them: a crossing reads the nodes up to the first at or above its
+    target and one more (PCHIP's slope there), so the hypotheses beyond are never simulated; the nodes, the
+    extension and every crossing are the same as if the whole grid had been built first.
+    """
+
+    def __init__(self, path: _Path, statistic: Callable[[float], np.ndarray], target: float) -> None:
+        self.path, self.statistic, self.target = path, statistic, target
+        self.lams, self.closed = list(_GRID), False
+
+    def node(self, i: int) -> float | None:
+        """The ``i``-th ``lam`` of the grid, or None past its end."""
+        while i >= len(self.lams) and not self.closed:
+            k, last = len(self.lams) - len(_GRID), self.lams[-1]
+            if (k >= len(_EXTEND) or _quantile(self.statistic(last), (1 - LEVEL) / 2) >= self.target
+                    or np.array_equal(self.path.curve(_EXTEND[k]), self.path.curve(last))):
+                self.closed = True
+            else:
+                self.lams.append(_EXTEND[k])
+        return self.lams[i] if i < len(self.lams) else None
 
 
 def _quantile(sorted_values: np.ndarray, p: float) -> float:
@@ -165,35 +188,77 @@ def _quantile(sorted_values: np.ndarray, p: float) -> float:
     return float(sorted_values[i] + (sorted_values[i + 1] - sorted_values[i]) * (pos - i))
 
 
-def _crossing(lams: list[float], quantiles: list[float], target: float) -> float:
-    """The smallest ``lam`` at which the quantile curve reaches ``target``: its running maximum
-    interpolated by PCHIP; the first ``lam`` when it starts there, the last when it never does."""
-    q = np.maximum.accumulate(np.asarray(quantiles, dtype=np.float64))
+def _pchip_edge(h0: float, h1: float, m0: float, m1: float) -> float:
+    """PCHIP's one-sided three-point slope at an end of the nodes, kept to the data's shape (Moler's pchiptx)."""
+    d = ((2 * h0 + h1) * m0 - h0 * m1) / (h0 + h1)
+    if np.sign(d) != np.sign(m0):
+        return 0.0
+    if np.sign(m0) != np.sign(m1) and abs(d) > 3 * abs(m0):
+        return 3 * m0
+    return d
+
+
+def _pchip_segment(x: np.ndarray, y: np.ndarray, j: int, at: np.ndarray) -> np.ndarray:
+    """scipy's ``PchipInterpolator(x, y)(at)`` for points ``at`` between ``x[j - 1]`` and ``x[j]``, without
+    building the whole spline (it was a tenth of a repair comparison's time): the slopes at the segment's two
+    nodes as scipy finds them, then the cubic Hermite between them."""
+    h, m = np.diff(x), np.diff(y) / np.diff(x)
+    if len(x) == 2:
+        d0 = d1 = m[0]
+    else:
+        def slope(i: int) -> float:
+            if i == 0:
+                return _pchip_edge(h[0], h[1], m[0], m[1])
+            if i == len(x) - 1:
+                return _pchip_edge(h[-1], h[-2], m[-1], m[-2])
+            if np.sign(m[i]) != np.sign(m[i - 1]) or m[i] == 0 or m[i - 1] == 0:
+                return 0.0
+            w1, w2 = 2 * h[i] + h[i - 1], h[i] + 2 * h[i - 1]
+            return (w1 + w2) / (w1 / m[i - 1] + w2 / m[i])
+
+        d0, d1 = slope(j - 1), slope(j)
+    width = h[j - 1]
+    t = (at - x[j - 1]) / width
+    return ((2 * t**3 - 3 * t**2 + 1) * y[j - 1] + (t**3 - 2 * t**2 + t) * width * d0
+            + (-2 * t**3 + 3 * t**2) * y[j] + (t**3 - t**2) * width * d1)
+
+
+def _crossing(grid: _Grid, quantile: Callable[[float], float], target: float) -> float:
+    """The smallest ``lam`` at which the quantile curve ``quantile(lam)`` reaches ``target``: its running maximum
+    over the grid interpolated by PCHIP; the first ``lam`` when it starts there, the last when it never does."""
+    lams: list[float] = []
+    q: list[float] = []
+    while (lam := grid.node(len(lams))) is not None:
+        lams.append(lam)
+        q.append(max(quantile(lam), q[-1]) if q else quantile(lam))
+        if q[-1] >= target:
+            break
     if q[0] >= target:
         return lams[0]
     if q[-1] < target:
         return lams[-1]
-    j = int(np.argmax(q >= target))  # the first grid point at or above target
+    j = len(lams) - 1  # the first grid point at or above target
+    if (after := grid.node(j + 1)) is not None:  # PCHIP's slope at j needs the next point
+        lams.append(after)
+        q.append(max(quantile(after), q[-1]))
     fine = np.linspace(lams[j - 1], lams[j], _FINE + 1)
-    curve = np.maximum.accumulate(PchipInterpolator(lams, q)(fine))
+    curve = np.maximum.accumulate(_pchip_segment(np.asarray(lams), np.asarray(q), j, fine))
     m = max(int(np.argmax(curve >= target)), 1)
     a, b = curve[m - 1], curve[m]
     return float(fine[m - 1] + (fine[m] - fine[m - 1]) * ((target - a) / (b - a) if b > a else 1.0))
 
 
-def _range(statistic: Callable[[float], np.ndarray], target: float, lams: list[float], p: float
+def _range(statistic: Callable[[float], np.ndarray], target: float, grid: _Grid, p: float
            ) -> tuple[float, float]:
     """The ``lam`` accepted at the central ``1 - 2p`` of ``statistic(lam)`` (sorted): from where its
     upper quantile reaches ``target`` to where its lower quantile does."""
-    upper = [_quantile(statistic(lam), 1 - p) for lam in lams]
-    lower = [_quantile(statistic(lam), p) for lam in lams]
-    return _crossing(lams, upper, target), _crossing(lams, lower, target)
+    return (_crossing(grid, lambda lam: _quantile(statistic(lam), 1 - p), target),
+            _crossing(grid, lambda lam: _quantile(statistic(lam), p), target))
 
 
 def inverted(path: _Path, level: float = LEVEL) -> tuple[float, float]:
     """The accepted true values of one side's calibration error, as inverted (not yet raised to the estimate)."""
-    lams = path.grid(path.draws, path.value)
-    lam_lo, lam_hi = _range(path.draws, path.value, lams, (1 - level) / 2)
+    lam_lo, lam_hi = _range(path.draws, path.value, path.own_grid(), (1 - level) / 2)
     return path.truth(lam_lo), path.truth(lam_hi)
 
 
@@ -211,7 +276,9 @@ def couple(base: _Path, other: _Path, rng: np.random.Generator) -> np.ndarray:
     observed = float((base.correct != other.correct).sum())
     rho = 1.0 if independent <= comonotone else float(np.clip((independent - observed) /
                                                                 (independent - comonotone), 0.0, 1.0))
-    keep, fresh = rng.random((2, *base.uniforms.shape))
+    keep, fresh = rng.random((2, *base.uniforms.shape))  # drawn either way: the next coupling's stay the same
+    if rho >= 1.0:  # every uniform kept: the base's own, so the other side's kept simulations serve
+        return base.uniforms
     return np.where(keep < rho, base.uniforms, fresh)
 
 
@@ -221,9 +288,11 @@ class _Paired:
     def __init__(self, base: _Path, other: _Path, uniforms: np.ndarray) -> None:
         """``uniforms``: the other side's, coupled to the base's by `couple`."""
         self.base, self.other, self.uniforms = base, other, uniforms
+        # the other side's own uniforms (``couple`` keeps every one when the two sides never disagree more
+        # than they must): its simulations are then the ones `_Path.values` keeps
+        self.own = uniforms is other.uniforms or np.array_equal(uniforms, other.uniforms)
         self.value = other.value - base.value
-        lams = base.grid(base.draws, base.value)
-        ends = _range(base.draws, base.value, lams, GAMMA / 2)
+        ends = _range(base.draws, base.value, base.own_grid(), GAMMA / 2)
         self.lam_base = sorted({ends[0], (ends[0] + ends[1]) / 2, ends[1]})
         self.truths = [base.truth(lam) for lam in self.lam_base]
         self._kept: dict[tuple[int, float], np.ndarray] = {}
@@ -235,7 +304,7 @@ class _Paired:
         """The simulated differences (sorted) with the base at ``lam_base[i]`` and the other side at ``lam``."""
         if (i, lam) not in self._kept:
             if lam not in self._other:
-                self._other[lam] = self.other.simulate(lam, self.uniforms)
+                self._other[lam] = self.other.values(lam) if self.own else self.other.simulate(lam, self.uniforms)
             self._kept[i, lam] = np.sort(self._other[lam] - self.base.values(self.lam_base[i]))
         return self._kept[i, lam]
 
@@ -243,8 +312,8 @@ class _Paired:
         """The union over the base's nuisance set of the accepted differences (not yet raised to the estimate)."""
         p = (alpha - GAMMA) / 2
         lo, hi = np.inf, -np.inf
-        for i, (lams, base_truth) in enumerate(zip(self.grids, self.truths, strict=True)):
-            lam_lo, lam_hi = _range(lambda lam, i=i: self.statistic(i, lam), self.value, lams, p)
+        for i, (grid, base_truth) in enumerate(zip(self.grids, self.truths, strict=True)):
+            lam_lo, lam_hi = _range(lambda lam, i=i: self.statistic(i, lam), self.value, grid, p)
             lo = min(lo, self.other.truth(lam_lo) - base_truth)
             hi = max(hi, self.other.truth(lam_hi) - base_truth)
         return lo, hi

@@ -112,7 +112,7 @@ def calibration_draws(probs: np.ndarray, labels: np.ndarray, counts: np.ndarray,
     """Each metric of ``keys`` on every resample (a row of ``counts``), vectorised.
 
     ``keys`` may name a subset of `KEYS`; ``smooth_ece`` is the sample's own smooth ECE when the
-    caller has it (it only places the first window of bandwidths searched, see `core.task.uncertainty.smooth`).
+    caller has it (it only places the first bandwidths searched, see `core.task.uncertainty.smooth`).
     """
     probs, labels = _inputs(probs, labels)
     _check_bins(n_bins)

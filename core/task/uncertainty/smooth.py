@@ -3,8 +3,10 @@
 The value is relplot's for each resample, to float32 rounding (about 1e-7; the tests check it
 against relplot and against `core.task.calibration.smooth_ece` of the repeated sample).
 relplot's bisection ends on the multiple k / 1024 just above the fixed point sigma = smECE(sigma)
-and returns smECE there. Here a coarse pass (every resample at once, on a coarse grid, at a window
-of fixed bandwidths around the sample's own) estimates each resample's fixed point; then k is
+and returns smECE there. Here a coarse pass (every resample at once, on a coarse grid; each resample
+looks for the pair of neighbouring bandwidths of a fixed lattice between which smECE(sigma) - sigma
+changes sign, starting where a few resamples' fixed points are and moving along the secant)
+estimates each resample's fixed point; then k is
 searched for directly, each resample's smECE at its own k / 1024 computed exactly as relplot does
 (its 1001-point grid, its reflected truncated kernel, its evaluation points), with the convolution
 done for all resamples at once in the DCT-I domain, which that reflection makes diagonal. A secant
@@ -41,7 +43,6 @@ def smooth_ece(probs: np.ndarray, labels: np.ndarray) -> float:
 _SIGMA_STEP = 1.2  # ratio between neighbouring bandwidths of the coarse lattice
 _SIGMAS = cal._SIGMA_FLOOR * _SIGMA_STEP ** np.arange(math.ceil(np.log(1000) / np.log(_SIGMA_STEP)) + 1)
 """The bandwidths of the coarse search: a fixed lattice from relplot's floor 0.001 to at least 1."""
-_WINDOW = 10  # lattice bandwidths evaluated at once (a factor of 1.2 ** 9, about 5, end to end)
 _DYADIC = 1024  # relplot's 10-step bisection on [0, 1] ends on a multiple of 1 / 1024
 
 
@@ -68,7 +69,7 @@ def _spread(conf: np.ndarray, points: int) -> csr_array:
                      shape=(len(conf), points))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _coarse_spectrum(points: int, j: int) -> np.ndarray:
     out = _reflected_spectrum(points, float(_SIGMAS[j]))
     out.flags.writeable = False
@@ -89,50 +90,46 @@ def _total(points: int) -> np.ndarray:
     return out
 
 
-def _coarse_fixed_points(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.ndarray, start: int,
-                         came_from: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's approximate fixed point sigma = smECE(sigma), and the slope of smECE(sigma) - sigma there.
+_POINTS_PER_SIGMA = 3  # coarse grid points per bandwidth, at the smallest bandwidth of a search (129 to 4,097)
+_BELOW = 3  # lattice steps below the starting pair whose bandwidth sets the first grid (a factor of 1.7)
 
-    smECE(sigma) - sigma is evaluated at the lattice bandwidths ``_SIGMAS[start:start + _WINDOW]``
-    on a coarse grid (4 points per bandwidth, summed over the grid rather than relplot's evaluation
-    points), and its sign change is interpolated linearly. A row without a sign change in the
-    window is redone one window lower or higher (never back towards the window it came from: the
-    grids differ, so a crossing at the shared bandwidth can be seen by neither); below the lattice's
-    floor the floor is returned.
+
+_COARSE_POINTS = 2 ** np.clip(np.ceil(np.log2(_POINTS_PER_SIGMA / _SIGMAS)), 7, 12).astype(int) + 1
+"""The coarse grid's size at each lattice bandwidth: about `_POINTS_PER_SIGMA` points per bandwidth, P - 1 a
+power of two."""
+
+
+class _CoarseGrids:
+    """smECE(sigma) - sigma of rows of example weights on the coarse grids, each row at its own lattice bandwidth.
+
+    A grid's residual and density spectra are made once for every row, the first time a bandwidth needs
+    that grid; equal weights on every row (simulations of correctness) keep one density row.
     """
-    index = np.arange(start, start + _WINDOW)
-    sigmas = _SIGMAS[index]
-    points = 2 ** int(np.clip(math.ceil(math.log2(4 / sigmas[0])), 7, 12)) + 1  # P - 1 a power of two
-    spread = _spread(conf, points)
-    residual = dct(np.asarray(weighted_residual @ spread, dtype=np.float32), type=1, axis=1)
-    density = dct(np.asarray(weights @ spread), type=1, axis=1)
-    total = _total(points)
-    g = np.empty((len(residual), _WINDOW))
-    for col, j in enumerate(index):
-        spectrum = _coarse_spectrum(points, int(j))
-        num = np.abs(idct(residual * spectrum.astype(np.float32), type=1, axis=1)).sum(axis=1, dtype=np.float64)
-        den = _dot(density, spectrum * total) + points * cal._SMOOTH_EPS
-        g[:, col] = num / den - sigmas[col]  # positive below the fixed point
-    below = g <= 0
-    first = np.where(below.any(axis=1), below.argmax(axis=1), _WINDOW)
-    sigma, slope = np.empty(len(g)), np.full(len(g), -1.0)
-    mid = (first > 0) & (first < _WINDOW)
-    j = first[mid]
-    g0, g1, s0, s1 = g[mid, j - 1], g[mid, j], sigmas[j - 1], sigmas[j]
-    sigma[mid] = s0 + (s1 - s0) * g0 / (g0 - g1)
-    slope[mid] = (g1 - g0) / (s1 - s0)
-    for side, direction, edge in ((first == 0, -1, 0), (first == _WINDOW, 1, -1)):
-        if not side.any():
-            continue
-        nxt = int(np.clip(start + direction * (_WINDOW - 1), 0, len(_SIGMAS) - _WINDOW))
-        if nxt == start or direction == -came_from:
-            # the lattice's floor (a fixed point always exists below 1: smECE <= max |residual| < 1),
-            # or the edge shared with the window this one came from
-            sigma[side] = sigmas[edge]
-        else:
-            sigma[side], slope[side] = _coarse_fixed_points(conf, weights[side], weighted_residual[side], nxt,
-                                                            direction)
-    return sigma, slope
+
+    def __init__(self, conf: np.ndarray, weights: np.ndarray, weighted_residual: np.ndarray) -> None:
+        self.conf, self.weighted_residual = conf, weighted_residual
+        self.weights = weights[:1] if len(weights) == 1 or (weights == weights[:1]).all() else weights
+        self._spectra: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _grid(self, points: int) -> tuple[np.ndarray, np.ndarray]:
+        if points not in self._spectra:
+            spread = _spread(self.conf, points)
+            self._spectra[points] = (dct(np.asarray(self.weighted_residual @ spread, dtype=np.float32), type=1, axis=1),
+                                     dct(np.asarray(self.weights @ spread), type=1, axis=1))
+        return self._spectra[points]
+
+    def gap(self, rows: np.ndarray, j: np.ndarray, points: int) -> np.ndarray:
+        """smECE - sigma of ``rows`` at the lattice bandwidths ``_SIGMAS[j]`` on the ``points`` grid (positive
+        below the fixed point)."""
+        residual, density = self._grid(points)
+        values, inverse = np.unique(j, return_inverse=True)
+        spectra = np.stack([_coarse_spectrum(points, int(v)) for v in values])
+        num = np.abs(idct(residual[rows] * spectra.astype(np.float32)[inverse], type=1, axis=1)).sum(
+            axis=1, dtype=np.float64)
+        to_total = spectra * _total(points)
+        den = (_dot(to_total, density[0])[inverse] if len(density) == 1
+               else np.einsum("ij,ij->i", density[rows], to_total[inverse]))
+        return num / (den + points * cal._SMOOTH_EPS) - _SIGMAS[j]
 
 
 @functools.lru_cache(maxsize=512)
@@ -236,14 +233,73 @@ _MARGIN = 0.25  # a predicted crossing this far (in 1/1024 steps) inside the ste
 _ROUNDS = 8
 
 
+_JUMP = 8  # the most lattice steps a row moves in one round
+_PILOT = 16  # rows whose fixed points place the first pair of a larger search
+
+
 def _coarse(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.ndarray, centre: float | None
             ) -> tuple[np.ndarray, np.ndarray]:
-    """`_coarse_fixed_points` from the window around ``centre`` (by default the first row's coarse fixed point)."""
-    if centre is None:
-        middle = (len(_SIGMAS) - _WINDOW) // 2
-        centre = float(_coarse_fixed_points(conf, weights[:1], weighted_residual[:1], middle)[0][0])
-    first = int(np.clip(np.searchsorted(_SIGMAS, centre) - _WINDOW // 2, 0, len(_SIGMAS) - _WINDOW))
-    return _coarse_fixed_points(conf, weights, weighted_residual, first)
+    """Each row's approximate fixed point sigma = smECE(sigma), and the slope of smECE(sigma) - sigma there.
+
+    Each row looks for the pair of neighbouring lattice bandwidths ``_SIGMAS[j], _SIGMAS[j + 1]`` between
+    which smECE(sigma) - sigma changes sign, both evaluated on one coarse grid (about `_POINTS_PER_SIGMA`
+    points per bandwidth, summed over the grid rather than relplot's evaluation points), and interpolates
+    the crossing linearly. Every row starts at the pair around the median fixed point of `_PILOT` rows spread
+    over the rows (found the same way from ``centre``, the sample's own smooth ECE, 0.05 by default; with
+    few rows, from ``centre`` itself): a start that depends on the rows alone, not on what was computed
+    before, so a value never depends on the order of the calls. A pair without the sign change sends its
+    row along the secant through it (at most `_JUMP` steps, never outside the steps already known to lie
+    below or above the fixed point), usually to the right pair in one move. A row whose known steps meet
+    without a sign change on one grid (the grids of neighbouring pairs can differ) takes the step where they
+    meet; below the lattice's floor, the floor
+    (a fixed point always exists below 1: smECE <= max |residual| < 1).
+    """
+    rows, top = len(weighted_residual), len(_SIGMAS) - 2  # top: the highest pair's lower step
+    if rows > 4 * _PILOT:
+        some = np.linspace(0, rows - 1, _PILOT).astype(int)
+        centre = float(np.median(_coarse(conf, weights[some] if len(weights) > 1 else weights,
+                                         weighted_residual[some], centre)[0]))
+    grids = _CoarseGrids(conf, weights, weighted_residual)
+    start = int(np.clip(np.searchsorted(_SIGMAS, 0.05 if centre is None else centre) - 1, 0, top))
+    j = np.full(rows, start)
+    above = np.full(rows, -1)  # the highest step known to lie below the fixed point (gap > 0)
+    below = np.full(rows, top + 2)  # the lowest step known to lie at or above it (gap <= 0)
+    sigma, slope = np.empty(rows), np.full(rows, -1.0)
+    todo = np.arange(rows)
+    last = np.full((rows, 4), -9.0)  # each row's last pair: its lower step, grid size, and the two gaps
+    while len(todo):
+        jj = j[todo]
+        points = _COARSE_POINTS[np.minimum(jj, start - _BELOW).clip(0)]
+        same = last[todo, 1] == points  # a move of one step on the same grid knows one end already
+        g0 = np.where(same & (last[todo, 0] == jj - 1), last[todo, 3], np.nan)
+        g1 = np.where(same & (last[todo, 0] == jj + 1), last[todo, 2], np.nan)
+        for p in np.unique(points):
+            for g, step in ((g0, 0), (g1, 1)):
+                at = (points == p) & np.isnan(g)
+                if at.any():
+                    g[at] = grids.gap(todo[at], jj[at] + step, int(p))
+        last[todo] = np.stack([jj, points, g0, g1], axis=1)
+        s0, s1 = _SIGMAS[jj], _SIGMAS[jj + 1]
+        down, up = g0 <= 0, (g0 > 0) & (g1 > 0)
+        found = ~down & ~up
+        sigma[todo[found]] = s0[found] + (s1 - s0)[found] * g0[found] / (g0 - g1)[found]
+        slope[todo[found]] = ((g1 - g0) / (s1 - s0))[found]
+        above[todo[up]] = jj[up] + 1
+        below[todo[down]] = np.minimum(below[todo[down]], jj[down])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            crossing = s0 + (s1 - s0) * g0 / (g0 - g1)
+            guess = np.floor(np.log(crossing / _SIGMAS[0]) / np.log(_SIGMA_STEP))
+        guess = np.where(np.isfinite(guess), guess, np.where(up, jj + _JUMP, jj - _JUMP))
+        lowest = np.maximum(above[todo], np.where(up, jj + 1, jj - _JUMP)).clip(0)
+        highest = np.minimum(np.minimum(below[todo] - 1, top), np.where(up, jj + _JUMP, jj - 1))
+        nxt = np.clip(guess, lowest, highest).astype(int)
+        stuck = (up | down) & (lowest > highest)
+        # stuck going up: the top of the lattice, or the step where known ones meet; going down: its floor, or that
+        sigma[todo[stuck]] = np.where(up[stuck], _SIGMAS[np.minimum(jj + 1, top + 1)][stuck], s0[stuck])
+        moving = (up | down) & ~stuck
+        j[todo[moving]] = nxt[moving]
+        todo = todo[moving]
+    return sigma, slope
 
 
 def smooth_many_coarse(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.ndarray,
@@ -263,7 +319,7 @@ def _smooth_many(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.nd
 
     ``weights`` [R, n] are each row's example weights and ``weighted_residual`` [R, n] each row's
     weight times (confidence - correct); ``centre`` (the sample's own smooth ECE; by default the
-    first row's coarse fixed point) places the first window of the coarse search.
+    first row's coarse fixed point) places the first pair of bandwidths of the coarse search.
 
     relplot's bisection ends on the multiple k / 1024 just above the fixed point (the smallest k at
     which its predicate "sigma < smECE(sigma)" is false) and returns smECE there. Per row, k is
