@@ -191,5 +191,6 @@ def _print(c: HealComparison, result: HealResult, stats: dict[tuple[str, str], P
         m = s.mcnemar
         print(f"flips, {b} against {a}: {m.right_to_wrong} right -> wrong, {m.wrong_to_right} wrong -> right "
               f"(exact McNemar p = {m.p_value:.3g})")
-    print(f"intervals: 95%, {n_resamples} paired bootstrap resamples (seed {seed}) shared by the three models; "
-          "accuracy: Wilson")
+    print(f"intervals: 95%, seed {seed}, shared by the three models; accuracy: Wilson; calibration errors: "
+          f"{n_resamples} simulations of correctness inverted (docs/uncertainty.md); the rest: {n_resamples} paired "
+          "bootstrap resamples")

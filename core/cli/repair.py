@@ -123,6 +123,7 @@ def _print(pruned: EvalResult, result: RepairComparison) -> None:
         print(f"{r.title}: {r.summary}")
         for note in r.notes:
             print(f"  note: {note}")
-    print(f"\nintervals: 95%, {result.n_resamples} paired bootstrap resamples shared by every row (seed "
-          f"{result.seed}); accuracy: Wilson; accuracy changes are judged by McNemar's exact test. A change is "
-          "beyond noise when its interval excludes 0.")
+    print(f"\nintervals: 95%, seed {result.seed}, shared by every row; accuracy: Wilson; calibration errors: "
+          f"{result.n_resamples} simulations of correctness inverted (docs/uncertainty.md); the rest: "
+          f"{result.n_resamples} paired bootstrap resamples (BCa); accuracy changes are judged by McNemar's exact "
+          "test. A change is beyond noise when its interval excludes 0.")
