@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from core.settings import PREFETCH_ENV, home
+# Under pytest-xdist (make test runs one worker per core) each worker computes on one thread: two workers with
+# torch's default of one thread per core would each spin on both cores and slow the other.
+if "PYTEST_XDIST_WORKER" in os.environ:
+    for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ.setdefault(_threads, "1")
+
+from core.settings import PREFETCH_ENV, home  # noqa: E402 - after the thread settings
 
 # The app's background prefetching would keep evaluating masks on the real model after a test ends and
 # slow every later test on a 2-core machine; the tests of prefetching switch it on themselves.
@@ -56,8 +63,31 @@ def fresh_results(tmp_path, monkeypatch) -> Path:
     return _private_home(tmp_path, monkeypatch)
 
 
-@pytest.fixture(scope="module")
-def module_results(tmp_path_factory) -> Iterator[Path]:
-    """Like `fresh_results`, shared by the tests of one module (they then reuse each other's results)."""
+@pytest.fixture(scope="session")
+def default_importance(tmp_path_factory) -> list[Path]:
+    """The default model's attention-importance entries on the default data, measured once per session.
+
+    Every app module (and the browser's server) needs them before its first page can suggest layers, and
+    they do not depend on n, the mask or any other setting: measuring them in each module's own cache
+    cost about 30 s a module. The measurement is deterministic, so a copy is what each would compute.
+    """
+    from core import ResultCache, load_dataset, load_model
+    from core.study.importance import attention_scores, calibration_texts
+
+    root = tmp_path_factory.mktemp("importance")
     with pytest.MonkeyPatch.context() as mp:
-        yield _private_home(tmp_path_factory.mktemp("home"), mp)
+        _private_home(root, mp)
+        attention_scores(load_model(), calibration_texts(load_dataset()), cache=ResultCache())
+    return sorted((root / "results").glob("importance-*.json"))
+
+
+@pytest.fixture(scope="module")
+def module_results(tmp_path_factory, default_importance) -> Iterator[Path]:
+    """Like `fresh_results`, shared by the tests of one module (they then reuse each other's results); it
+    starts with the default model's importance entries (`default_importance`) and nothing else."""
+    with pytest.MonkeyPatch.context() as mp:
+        root = _private_home(tmp_path_factory.mktemp("home"), mp)
+        (root / "results").mkdir(exist_ok=True)
+        for entry in default_importance:
+            shutil.copy2(entry, root / "results" / entry.name)
+        yield root
