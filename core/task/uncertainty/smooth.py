@@ -92,8 +92,6 @@ def _total(points: int) -> np.ndarray:
 
 _POINTS_PER_SIGMA = 3  # coarse grid points per bandwidth, at the smallest bandwidth of a search (129 to 4,097)
 _BELOW = 3  # lattice steps below the starting pair whose bandwidth sets the first grid (a factor of 1.7)
-
-
 _COARSE_POINTS = 2 ** np.clip(np.ceil(np.log2(_POINTS_PER_SIGMA / _SIGMAS)), 7, 12).astype(int) + 1
 """The coarse grid's size at each lattice bandwidth: about `_POINTS_PER_SIGMA` points per bandwidth, P - 1 a
 power of two."""
@@ -251,8 +249,7 @@ def _coarse(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.ndarray
     row along the secant through it (at most `_JUMP` steps, never outside the steps already known to lie
     below or above the fixed point), usually to the right pair in one move. A row whose known steps meet
     without a sign change on one grid (the grids of neighbouring pairs can differ) takes the step where they
-    meet; below the lattice's floor, the floor
-    (a fixed point always exists below 1: smECE <= max |residual| < 1).
+    meet; below the lattice's floor, the floor (a fixed point always exists below 1: smECE <= max |residual| < 1).
     """
     rows, top = len(weighted_residual), len(_SIGMAS) - 2  # top: the highest pair's lower step
     if rows > 4 * _PILOT:
@@ -282,13 +279,13 @@ def _coarse(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.ndarray
         s0, s1 = _SIGMAS[jj], _SIGMAS[jj + 1]
         down, up = g0 <= 0, (g0 > 0) & (g1 > 0)
         found = ~down & ~up
-        sigma[todo[found]] = s0[found] + (s1 - s0)[found] * g0[found] / (g0 - g1)[found]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            crossing = s0 + (s1 - s0) * g0 / (g0 - g1)  # the pair's secant: the fixed point, or where to go
+            guess = np.floor(np.log(crossing / _SIGMAS[0]) / np.log(_SIGMA_STEP))
+        sigma[todo[found]] = crossing[found]
         slope[todo[found]] = ((g1 - g0) / (s1 - s0))[found]
         above[todo[up]] = jj[up] + 1
         below[todo[down]] = np.minimum(below[todo[down]], jj[down])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            crossing = s0 + (s1 - s0) * g0 / (g0 - g1)
-            guess = np.floor(np.log(crossing / _SIGMAS[0]) / np.log(_SIGMA_STEP))
         guess = np.where(np.isfinite(guess), guess, np.where(up, jj + _JUMP, jj - _JUMP))
         lowest = np.maximum(above[todo], np.where(up, jj + 1, jj - _JUMP)).clip(0)
         highest = np.minimum(np.minimum(below[todo] - 1, top), np.where(up, jj + _JUMP, jj - 1))
@@ -318,8 +315,8 @@ def _smooth_many(conf: np.ndarray, weights: np.ndarray, weighted_residual: np.nd
     """Smooth ECE of many weightings of one set of confidences at once (see the module notes).
 
     ``weights`` [R, n] are each row's example weights and ``weighted_residual`` [R, n] each row's
-    weight times (confidence - correct); ``centre`` (the sample's own smooth ECE; by default the
-    first row's coarse fixed point) places the first pair of bandwidths of the coarse search.
+    weight times (confidence - correct); ``centre`` (the sample's own smooth ECE; 0.05 by default)
+    places the first bandwidths of the coarse search (`_coarse`).
 
     relplot's bisection ends on the multiple k / 1024 just above the fixed point (the smallest k at
     which its predicate "sigma < smECE(sigma)" is false) and returns smECE there. Per row, k is
