@@ -44,7 +44,7 @@ app: setup
 
 test: setup browser
 	$(BIN)/python -m ruff check .
-	$(BIN)/python -m pytest -ra --durations=15 -n 2 --dist loadfile
+	$(BIN)/python -m pytest -ra --durations=15 -n 2 --dist loadfile --no-loadscope-reorder
 
 check: setup
 	$(BIN)/python -m ruff check .

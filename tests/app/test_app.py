@@ -15,9 +15,20 @@ PAGES = ["views/calibration.py", "views/start.py", "views/explanations.py", "vie
          "views/learn.py"]
 
 
+def session(page: str | None = PAGES[0]) -> AppTest:
+    """A new app session on ``page`` (None: the start view) that does not measure latency.
+
+    Latency is timed after every page with a new mask (20 forward passes, seconds on one thread), and only
+    `test_the_sidebar_counts_prefetched_masks_and_measures_latency_after_the_page` reads it: it turns it back on.
+    """
+    at = AppTest.from_file(APP, default_timeout=900)
+    at.session_state["measure_latency"] = False
+    return at.switch_page(page) if page else at
+
+
 def _new_app(**query: str) -> AppTest:
     """The app on 40 examples with the cheapest explainer, opened on the Calibration view at a URL with ``query``."""
-    at = AppTest.from_file(APP, default_timeout=900).switch_page(PAGES[0])
+    at = session()
     at.session_state["n"] = 40
     at.session_state["explainer"] = "occlusion"
     for key, value in query.items():
@@ -107,7 +118,7 @@ def test_a_shared_link_carries_every_setting_and_restores_every_number(module_re
     assert not first.exception
     link = {k: v[0] if isinstance(v, list) else v for k, v in first.query_params.items()}
     assert link == {"drop": "25", "n": "40", "seed": "3", "explainer": "occlusion", "temperature": "1"}
-    shared = AppTest.from_file(APP, default_timeout=900).switch_page(PAGES[0])  # a new session: only the link
+    shared = session()  # a new session: only the link
     for key, value in link.items():
         shared.query_params[key] = value
     shared.run()
@@ -203,7 +214,9 @@ def test_the_sidebar_counts_prefetched_masks_and_measures_latency_after_the_page
 
     monkeypatch.setenv(PREFETCH_ENV, "1")
     try:
-        at = _new_app().run()
+        at = _new_app()
+        at.session_state["measure_latency"] = True
+        at.run()
         assert not at.exception
         assert any(m.label == "forward latency" for m in at.sidebar.metric)
 

@@ -3,23 +3,19 @@ mode, and predictable sweeps (estimate, background run, applying a row to the ma
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_app import session
 
 pytestmark = pytest.mark.slow
-APP = str(Path(__file__).parents[2] / "app.py")
 LAYERS = 30
 
 
 def _new_app(page: str | None = None) -> AppTest:
     """The app on 40 examples with the cheapest explainer, on ``page`` (the start view by default)."""
-    at = AppTest.from_file(APP, default_timeout=900)
+    at = session(page)
     at.session_state["n"] = 40
     at.session_state["explainer"] = "occlusion"
-    if page:
-        at.switch_page(page)
     return at.run()
 
 

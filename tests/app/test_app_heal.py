@@ -9,7 +9,7 @@ import json
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from test_app import APP, PAGES, _new_app
+from test_app import _new_app, session
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +24,7 @@ def _link(at: AppTest) -> dict[str, str]:
 
 
 def _shared(link: dict[str, str]) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=900).switch_page(PAGES[0])  # a new session: only the link
+    at = session()  # a new session: only the link
     for key, value in link.items():
         at.query_params[key] = value
     return at.run()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from test_app import APP, _new_app
+from test_app import _new_app, session
 
 from core.metrics import METRICS
 
@@ -54,7 +54,7 @@ def test_the_view_compares_both_models_sets_and_abstention_with_verdicts_and_a_l
     assert _tiles(at)[METRICS["set_size"].title] != before  # larger alpha: smaller sets
     link = _link(at)
     assert (link["alpha"], link["method"], link["drop"]) == ("0.3", "aps", "25,26")
-    shared = AppTest.from_file(APP, default_timeout=900).switch_page(PAGE)  # a new session: only the link
+    shared = session(PAGE)  # a new session: only the link
     for key, value in link.items():
         shared.query_params[key] = value
     shared.run()
