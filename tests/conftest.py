@@ -94,6 +94,40 @@ def default_importance(tmp_path_factory) -> list[Path]:
     return sorted((root / "results").glob("importance-*.json"))
 
 
+@pytest.fixture(scope="session")
+def minilm_head_entries(tmp_path_factory) -> list[Path]:
+    """The cache entry of MiniLM's classifier head on the default data, fitted once per test session.
+
+    Every test of the encoder in the app or the library starts by fitting it (about 26 s on one thread) and
+    it depends on nothing a test varies. Under xdist the workers share it through their session's folder:
+    the first to need it fits it while holding a lock, the others wait and copy it.
+    """
+    from filelock import FileLock
+
+    from core import ResultCache, load_dataset, load_model
+    from core.task.head import train_head
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base  # the session's own folder either way
+    root = shared / "minilm-head"
+    with FileLock(str(shared / "minilm-head.lock")):
+        if not (root / "results").is_dir():
+            root.mkdir()
+            with pytest.MonkeyPatch.context() as mp:
+                _private_home(root, mp)
+                train_head(load_model("all-minilm-l6-v2"), load_dataset(), cache=ResultCache())
+    return sorted((root / "results").glob("head-*.json"))
+
+
+@pytest.fixture(scope="module")
+def minilm_head(module_results, minilm_head_entries) -> Path:
+    """`module_results` with MiniLM's head fitted on the full encoder already in it (`minilm_head_entries`); a head
+    re-fitted on a pruned encoder is still fitted by the test that asks for it."""
+    for entry in minilm_head_entries:
+        shutil.copy2(entry, module_results / "results" / entry.name)
+    return module_results
+
+
 @pytest.fixture(scope="module")
 def module_results(tmp_path_factory, default_importance) -> Iterator[Path]:
     """Like `fresh_results`, shared by the tests of one module (they then reuse each other's results); it

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from core.cache import ResultCache
 from core.cli import main
 from core.model.loading import load_model, preset
 from core.study.importance import attention_scores, calibration_texts
@@ -26,19 +27,21 @@ needs_gemma = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def minilm(module_results):
+def minilm(minilm_head):
+    """MiniLM and the default data; the module's cache starts with its head fitted on the full encoder."""
     return load_model("all-minilm-l6-v2"), load_dataset()
 
 
 def test_minilm_is_a_classifier_that_keeps_most_accuracy_with_two_layers_dropped(minilm) -> None:
     lm, ds = minilm
     assert lm.task == "classifier" and lm.num_layers == 6 and lm.spec.family == "bert"
-    full = evaluate(Setup(lm, ds), EvalConfig(n=200))
+    cache = ResultCache()  # the module's: the CLI test below reads the heads fitted here
+    full = evaluate(Setup(lm, ds, cache=cache), EvalConfig(n=200))
     assert full.metrics.accuracy > 0.72, full.metrics.accuracy
     assert full.prompt["style"] == "classifier-head" and full.prompt["head_fitted_on"] == []
-    drop = tuple(attention_scores(lm, calibration_texts(ds)).most_redundant(2))
-    frozen = evaluate(Setup(lm, ds), EvalConfig(n=200, drop=drop))
-    refit = evaluate(Setup(lm, ds, refit_head=True), EvalConfig(n=200, drop=drop))
+    drop = tuple(attention_scores(lm, calibration_texts(ds), cache=cache).most_redundant(2))
+    frozen = evaluate(Setup(lm, ds, cache=cache), EvalConfig(n=200, drop=drop))
+    refit = evaluate(Setup(lm, ds, refit_head=True, cache=cache), EvalConfig(n=200, drop=drop))
     assert frozen.prompt["head"] == full.prompt["head"]
     assert refit.prompt["head_fitted_on"] == list(drop) and refit.prompt["head"] != full.prompt["head"]
     assert frozen.metrics.accuracy > 0.6 and refit.metrics.accuracy > 0.6

@@ -171,7 +171,7 @@ def test_tradeoffs_opens_a_sweep_table_from_the_command_line(app: AppTest) -> No
     assert report.proto.label and not app.exception  # the page is built with the report ready to download
 
 
-def test_the_encoder_classifier_runs_every_page_with_its_head_and_refit(module_results) -> None:
+def test_the_encoder_classifier_runs_every_page_with_its_head_and_refit(minilm_head) -> None:
     at = _new_app(model="all-minilm-l6-v2").run()
     assert not at.exception and not _errors(at), _errors(at)
     assert _metrics(at)["attention layers kept"] == "6 / 6"

@@ -97,7 +97,7 @@ def test_stop_ends_the_background_healing_and_says_so(module_results) -> None:
     assert at.button(key="heal_start").disabled is False
 
 
-def test_an_encoder_says_healing_is_for_causal_lms(module_results) -> None:
+def test_an_encoder_says_healing_is_for_causal_lms(minilm_head) -> None:
     at = _new_app(model="all-minilm-l6-v2", drop="1").run()
     _no_problem(at)
     assert any("Healing (a LoRA fine-tune of the pruned model) is for causal LMs" in c.value
