@@ -17,6 +17,7 @@ DEFAULT_STATE_BYTES = 2 * 1024**3
 300 examples take about 650 MB, so 2 GiB holds them and the states of the masks explored from them; a 24 GB
 machine running the app with several sessions keeps room for the models and the sessions."""
 RESUME_ENV = "PRUNE_EXPLORER_RESUME"
+LATENCY_ENV = "PRUNE_EXPLORER_LATENCY"
 
 
 def home() -> Path:
@@ -67,3 +68,9 @@ def resume_enabled() -> bool:
 def prefetch_enabled() -> bool:
     """Whether the app evaluates likely next masks in the background (``$PRUNE_EXPLORER_PREFETCH=0``: off)."""
     return _switch(PREFETCH_ENV)
+
+
+def latency_enabled() -> bool:
+    """Whether the app's *Measure latency* starts on (``$PRUNE_EXPLORER_LATENCY=0``: off, e.g. on a shared server,
+    where timings say little and each new mask's 20 timed passes hold up the next page)."""
+    return _switch(LATENCY_ENV)

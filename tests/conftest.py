@@ -16,11 +16,14 @@ if "PYTEST_XDIST_WORKER" in os.environ:
     for _threads in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(_threads, "1")
 
-from core.settings import PREFETCH_ENV, home  # noqa: E402 - after the thread settings
+from core.settings import LATENCY_ENV, PREFETCH_ENV, home  # noqa: E402 - after the thread settings
 
 # The app's background prefetching would keep evaluating masks on the real model after a test ends and
-# slow every later test on a 2-core machine; the tests of prefetching switch it on themselves.
+# slow every later test on a 2-core machine; the tests of prefetching switch it on themselves. Likewise the
+# latency readout times 20 forward passes after every page with a new mask (AppTest sessions and the browser's
+# server alike) and only its own test reads it.
 os.environ.setdefault(PREFETCH_ENV, "0")
+os.environ.setdefault(LATENCY_ENV, "0")
 
 
 def _private_home(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -123,9 +126,22 @@ def minilm_head_entries(tmp_path_factory) -> list[Path]:
 def minilm_head(module_results, minilm_head_entries) -> Path:
     """`module_results` with MiniLM's head fitted on the full encoder already in it (`minilm_head_entries`); a head
     re-fitted on a pruned encoder is still fitted by the test that asks for it."""
-    for entry in minilm_head_entries:
-        shutil.copy2(entry, module_results / "results" / entry.name)
-    return module_results
+    return _seed(module_results, minilm_head_entries)
+
+
+def _seed(root: Path, entries: list[Path]) -> Path:
+    """Copy cache ``entries`` into the result cache of the private home ``root``."""
+    (root / "results").mkdir(exist_ok=True)
+    for entry in entries:
+        shutil.copy2(entry, root / "results" / entry.name)
+    return root
+
+
+@pytest.fixture()
+def fresh_results_with_importance(fresh_results, default_importance) -> Path:
+    """`fresh_results` holding the default model's importance entries (`default_importance`), for a test that
+    drops the most redundant layers without testing how they are found."""
+    return _seed(fresh_results, default_importance)
 
 
 @pytest.fixture(scope="module")
@@ -133,8 +149,4 @@ def module_results(tmp_path_factory, default_importance) -> Iterator[Path]:
     """Like `fresh_results`, shared by the tests of one module (they then reuse each other's results); it
     starts with the default model's importance entries (`default_importance`) and nothing else."""
     with pytest.MonkeyPatch.context() as mp:
-        root = _private_home(tmp_path_factory.mktemp("home"), mp)
-        (root / "results").mkdir(exist_ok=True)
-        for entry in default_importance:
-            shutil.copy2(entry, root / "results" / entry.name)
-        yield root
+        yield _seed(_private_home(tmp_path_factory.mktemp("home"), mp), default_importance)

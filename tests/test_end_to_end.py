@@ -108,7 +108,7 @@ def test_module_entry_point_exits_non_zero_without_traceback() -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_compare_json_predictions_and_self_comparison(fresh_results, capsys, tmp_path) -> None:
+def test_compare_json_predictions_and_self_comparison(fresh_results_with_importance, capsys, tmp_path) -> None:
     preds = tmp_path / "both.csv"
     code, out, err = run_cli(capsys, "compare", "--n", "40", "--val-n", "20", "--drop-attn", "25,26,29",
                              "--json", "-", "--predictions", str(preds))

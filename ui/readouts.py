@@ -14,6 +14,7 @@ import streamlit as st
 from core.errors import Cancelled
 from core.model.efficiency import Efficiency, Latency, compare_latency, efficiency
 from core.model.loading import LoadedModel
+from core.settings import latency_enabled
 from core.study.prefetch import PREFETCHER, likely_next
 from core.study.sweep import mask_label
 
@@ -50,7 +51,7 @@ def _efficiency_readout(lm: LoadedModel, drop: tuple[int, ...]) -> tuple[Efficie
                  f"of {e.kv_bytes_per_1k_tokens / 2**20:.1f} MiB per 1,000 tokens", delta_color="off",
                  help="memory a generating model keeps per token of context for its attention; a dropped layer "
                       "keeps none")
-    if not st.sidebar.toggle("Measure latency", key="measure_latency", value=True,
+    if not st.sidebar.toggle("Measure latency", key="measure_latency", value=latency_enabled(),
                              help="time forward passes of 128 tokens with and without the mask, in turns so that "
                                   "both run under the same load (a warm-up pair, then 9 pairs), once the page is "
                                   "drawn"):

@@ -16,13 +16,8 @@ PAGES = ["views/calibration.py", "views/start.py", "views/explanations.py", "vie
 
 
 def session(page: str | None = PAGES[0]) -> AppTest:
-    """A new app session on ``page`` (None: the start view) that does not measure latency.
-
-    Latency is timed after every page with a new mask (20 forward passes, seconds on one thread), and only
-    `test_the_sidebar_counts_prefetched_masks_and_measures_latency_after_the_page` reads it: it turns it back on.
-    """
+    """A new app session on ``page`` (None: the start view)."""
     at = AppTest.from_file(APP, default_timeout=900)
-    at.session_state["measure_latency"] = False
     return at.switch_page(page) if page else at
 
 
@@ -209,14 +204,13 @@ def test_the_sidebar_counts_prefetched_masks_and_measures_latency_after_the_page
     import re
     import time
 
-    from core.settings import PREFETCH_ENV
+    from core.settings import LATENCY_ENV, PREFETCH_ENV
     from core.study.prefetch import PREFETCHER
 
     monkeypatch.setenv(PREFETCH_ENV, "1")
+    monkeypatch.setenv(LATENCY_ENV, "1")  # the tests' default is off (tests/conftest.py)
     try:
-        at = _new_app()
-        at.session_state["measure_latency"] = True
-        at.run()
+        at = _new_app().run()
         assert not at.exception
         assert any(m.label == "forward latency" for m in at.sidebar.metric)
 

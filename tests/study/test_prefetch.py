@@ -106,3 +106,13 @@ def test_prefetching_can_be_switched_off(monkeypatch, value) -> None:
     assert not prefetch_enabled()
     monkeypatch.setenv(PREFETCH_ENV, "1")
     assert prefetch_enabled()
+
+
+@pytest.mark.parametrize("value", ["0", "off", "false"])
+def test_latency_readout_can_start_off(monkeypatch, value) -> None:
+    from core.settings import LATENCY_ENV, latency_enabled
+
+    monkeypatch.setenv(LATENCY_ENV, value)
+    assert not latency_enabled()
+    monkeypatch.delenv(LATENCY_ENV)
+    assert latency_enabled()
