@@ -115,7 +115,7 @@ def minilm_head_entries(tmp_path_factory) -> list[Path]:
     root = shared / "minilm-head"
     with FileLock(str(shared / "minilm-head.lock")):
         if not (root / "results").is_dir():
-            root.mkdir()
+            root.mkdir(exist_ok=True)  # a worker that failed here may have left it
             with pytest.MonkeyPatch.context() as mp:
                 _private_home(root, mp)
                 train_head(load_model("all-minilm-l6-v2"), load_dataset(), cache=ResultCache())
