@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -129,9 +129,10 @@ def main() -> None:
                 out.append(row)
                 print(json.dumps(row), flush=True)
             release_healed(hs.lm)
-    if args.json:
-        with open(args.json, "w") if args.json != "-" else sys.stdout as fh:
-            json.dump(out, fh, indent=1)
+    if args.json == "-":
+        print(json.dumps(out, indent=1))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,11 +115,12 @@ def minilm_head_entries(tmp_path_factory) -> list[Path]:
     shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base  # the session's own folder either way
     root = shared / "minilm-head"
     with FileLock(str(shared / "minilm-head.lock")):
-        if not (root / "results").is_dir():
-            root.mkdir(exist_ok=True)  # a worker that failed here may have left it
+        if not root.is_dir():
+            work = Path(tempfile.mkdtemp(dir=shared, prefix="minilm-head-"))  # renamed once fitted: never half there
             with pytest.MonkeyPatch.context() as mp:
-                _private_home(root, mp)
+                _private_home(work, mp)
                 train_head(load_model("all-minilm-l6-v2"), load_dataset(), cache=ResultCache())
+            work.rename(root)
     return sorted((root / "results").glob("head-*.json"))
 
 

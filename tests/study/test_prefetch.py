@@ -99,20 +99,15 @@ def test_a_foreground_request_cancels_the_mask_being_prefetched(tmp_path, monkey
 
 
 @pytest.mark.parametrize("value", ["0", "off", "false"])
-def test_prefetching_can_be_switched_off(monkeypatch, value) -> None:
-    from core.settings import PREFETCH_ENV, prefetch_enabled
+@pytest.mark.parametrize("switch", ["prefetch", "latency"])
+def test_the_apps_switches_turn_off_and_default_to_on(monkeypatch, switch, value) -> None:
+    from core import settings
 
-    monkeypatch.setenv(PREFETCH_ENV, value)
-    assert not prefetch_enabled()
-    monkeypatch.setenv(PREFETCH_ENV, "1")
-    assert prefetch_enabled()
-
-
-@pytest.mark.parametrize("value", ["0", "off", "false"])
-def test_latency_readout_can_start_off(monkeypatch, value) -> None:
-    from core.settings import LATENCY_ENV, latency_enabled
-
-    monkeypatch.setenv(LATENCY_ENV, value)
-    assert not latency_enabled()
-    monkeypatch.delenv(LATENCY_ENV)
-    assert latency_enabled()
+    name, enabled = {"prefetch": (settings.PREFETCH_ENV, settings.prefetch_enabled),
+                     "latency": (settings.LATENCY_ENV, settings.latency_enabled)}[switch]
+    monkeypatch.setenv(name, value)
+    assert not enabled()
+    monkeypatch.setenv(name, "1")
+    assert enabled()
+    monkeypatch.delenv(name)
+    assert enabled()
